@@ -1,0 +1,92 @@
+# syntax=docker/dockerfile:1
+#
+# edge-worker container image.
+#
+#   docker build -t edge-worker:dev .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/edge-worker:0.1.0 --push .
+#
+# Multi-arch: nothing here downloads a binary for one architecture. Each platform's builder stage
+# runs on that platform (under QEMU with buildx when it is not the host's), so pip picks the
+# wheels (msgpack) built for it; Debian's tini comes from the platform's own archive.
+#
+# Running it: give `docker stop` more time than the drain (worker.drain_timeout, 60 s):
+#   docker run --stop-timeout 90 -v edge-worker-state:/var/lib/edge-worker \
+#     -e EDGE_WORKER_AMQP__URL=amqp://user@broker:5672/%2F -e EDGE_WORKER_EDGE__URL=http://edge:55000 \
+#     edge-worker:dev
+# Configuration: EDGE_WORKER_<SECTION>__<KEY> variables, or a file mounted at
+# /etc/edge-worker/config.toml (read when it exists). Secrets: mount a file and point
+# EDGE_WORKER_AMQP__PASSWORD_FILE at it (e.g. a Docker/Compose secret in /run/secrets/).
+
+# One base for both stages: the venv's python is a symlink into the base image, so the two must
+# match exactly. Pinned to a Python minor and a Debian release; bump both on purpose.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: a virtual environment with edge-worker and its dependencies, nothing else ----
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+
+# The same path as on a device (docs/operations-systemd.md), because a venv cannot be moved.
+RUN python -m venv /opt/edge-worker/venv
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY worker/ ./worker/
+
+# A regular (not editable) install builds the wheel and compiles the .pyc files here, so the
+# running container never writes bytecode. pip and setuptools are only needed to build: removed.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/edge-worker/venv/bin/pip install /src \
+    && /opt/edge-worker/venv/bin/pip uninstall --yes pip setuptools \
+    && /opt/edge-worker/venv/bin/edge-worker --help > /dev/null
+
+# ---- runtime ----
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="edge-worker" \
+      org.opencontainers.image.description="RabbitMQ consumer that runs msgpack job requests on a local edge inference server" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# tini as PID 1: it forwards SIGTERM to the worker (which then drains) and reaps zombies.
+# Not version-pinned: Debian's stable archive only takes security fixes, and the exact version
+# string differs between architectures (binNMUs), which would break the multi-arch build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed, numeric, unprivileged identity: volumes can be prepared for it (chown 10001:10001) and
+# orchestrators can check it is not root without reading /etc/passwd.
+# (--no-log-init: a high UID would otherwise grow a sparse /var/log/lastlog into the layer.)
+RUN groupadd --gid 10001 edge-worker \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin edge-worker \
+    && install --directory --owner=10001 --group=10001 --mode=0700 /var/lib/edge-worker \
+    && install --directory --mode=0755 /etc/edge-worker
+
+COPY --from=builder /opt/edge-worker/venv /opt/edge-worker/venv
+
+ENV PATH=/opt/edge-worker/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# The journal of started edge jobs (worker.state_dir, default /var/lib/edge-worker): it must
+# outlive the container, or a redelivered request could start a second edge job.
+VOLUME /var/lib/edge-worker
+
+USER 10001:10001
+WORKDIR /var/lib/edge-worker
+
+# The worker drains on the first SIGTERM; the stop timeout (docker run --stop-timeout,
+# compose stop_grace_period) must be longer than worker.drain_timeout.
+STOPSIGNAL SIGTERM
+
+# Broker and edge both answer: exit 0, else 1 with one line saying which. Each check opens a short
+# connection to the broker, so not more often than every 30 s. Note that an edge or broker outage
+# marks the container unhealthy while the worker itself waits it out and resumes by itself.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
+    CMD ["edge-worker", "healthcheck"]
+
+ENTRYPOINT ["tini", "--", "edge-worker"]
+CMD ["run"]
