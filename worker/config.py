@@ -1,0 +1,335 @@
+"""Configuration: a TOML file overridden by EDGE_WORKER_<SECTION>__<KEY>, typed and validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-worker/config.toml")
+ENV_PREFIX = "EDGE_WORKER_"
+MASK = "****"
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpConfig:
+    url: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/%2F",)
+    queue: str = "edge.jobs"
+    reply_queue: str = "edge.replies"
+    dead_letter_queue: str = "edge.jobs.dead"
+    queue_type: str = "quorum"
+    delivery_limit: int = 5
+    declare: bool = True
+    heartbeat: int = 30
+    # Not in the contract's list: the broker's consumer timeout (RabbitMQ's `consumer_timeout`, 30 min by
+    # default). The worker refuses a job timeout that could hold a delivery unacknowledged longer.
+    consumer_timeout: int = 1800
+    password_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_verify: bool = True
+    # The password after password_file / $CREDENTIALS_DIRECTORY resolution; never printed.
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    url: str = "http://127.0.0.1:55000"
+    job_timeout: float = 600.0
+    request_timeout: float = 30.0
+    max_attempts: int = 5
+    upload: str = "auto"
+    embed_limit: int = 3_000_000
+    chunk_encoding: str = "json"
+    api_key: str = field(default="", repr=False)
+    # Not in the contract's list: how often a job the edge forgot (404) is submitted again before JOB_LOST.
+    max_resubmits: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 8
+    state_dir: str = "/var/lib/edge-worker"
+    journal_retention: int = 86400
+    drain_timeout: float = 60.0
+    max_request_bytes: int = 67_108_864
+    # Not in the contract's list: how long start-up waits for the broker and the edge before exit 69.
+    startup_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: str = "defaults"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "amqp": AmqpConfig,
+    "edge": EdgeConfig,
+    "worker": WorkerConfig,
+    "log": LogConfig,
+    "metrics": MetricsConfig,
+}
+_SECRET_KEYS = {("amqp", "password"), ("edge", "api_key")}
+# Keys set only by resolution, never by a file or the environment.
+_DERIVED_KEYS = {("amqp", "password")}
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate, resolve secrets."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    source = "defaults"
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if path is not None or config_path.exists():
+        try:
+            with config_path.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(config_path)!r} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(config_path)!r} cannot be read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(config_path)!r} is not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{section}: expected a table, got {type(values).__name__}")
+            raw[section] = dict(values)
+        source = str(config_path)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or section not in _SECTIONS:
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        raw.setdefault(section, {})[key] = _EnvString(value)
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        sections[section] = _build_section(section, cls, raw.get(section, {}))
+    config = Config(**sections, source=source)
+    _validate(config)
+    return _resolve_secrets(config, env)
+
+
+class _EnvString(str):
+    """A value that came from the environment: parsed to the key's type rather than type-checked."""
+
+    __slots__ = ()
+
+
+def _build_section(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields or (section, key) in _DERIVED_KEYS:
+            known = ", ".join(k for k in fields if (section, k) not in _DERIVED_KEYS)
+            raise ConfigError(f"unknown key {section}.{key} (known: {known})")
+        kwargs[key] = _coerce(f"{section}.{key}", fields[key].default, value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    from_env = isinstance(value, _EnvString)
+    if isinstance(default, bool):
+        if from_env:
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{name}: expected a boolean (true/false), got {value!r}")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected a boolean, got {type(value).__name__}")
+    if isinstance(default, int):
+        if from_env:
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {type(value).__name__}")
+    if isinstance(default, float):
+        if from_env:
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
+    if isinstance(default, tuple):
+        if from_env:
+            items = [part.strip() for part in value.split(",") if part.strip()]
+        elif isinstance(value, str):
+            items = [value]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = list(value)
+        else:
+            raise ConfigError(f"{name}: expected a string or a list of strings, got {type(value).__name__}")
+        if not items:
+            raise ConfigError(f"{name}: expected at least one value")
+        return tuple(items)
+    if isinstance(value, str):
+        return str(value)
+    raise ConfigError(f"{name}: expected a string, got {type(value).__name__}")
+
+
+def _validate(config: Config) -> None:
+    a, e, w = config.amqp, config.edge, config.worker
+    for url in a.url:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname:
+            raise ConfigError(f"amqp.url: expected amqp://host[:port]/vhost or amqps://..., got {_mask_url(url)!r}")
+    for key in ("queue", "reply_queue", "dead_letter_queue"):
+        value = getattr(a, key)
+        if not value or len(value.encode()) > 255:
+            raise ConfigError(f"amqp.{key}: expected a queue name of 1 to 255 bytes, got {value!r}")
+    if a.queue_type not in {"quorum", "classic"}:
+        raise ConfigError(f"amqp.queue_type: expected 'quorum' or 'classic', got {a.queue_type!r}")
+    _check_range("amqp.delivery_limit", a.delivery_limit, 1, 1000)
+    _check_range("amqp.heartbeat", a.heartbeat, 0, 3600)
+    _check_range("amqp.consumer_timeout", a.consumer_timeout, 60, 7 * 86400)
+    for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        value = getattr(a, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"amqp.{key}: {value!r} is not a readable file")
+    if bool(a.tls_cert_file) != bool(a.tls_key_file):
+        raise ConfigError("amqp.tls_cert_file and amqp.tls_key_file: set both for mutual TLS, or neither")
+    parsed_edge = urllib.parse.urlsplit(e.url)
+    if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname:
+        raise ConfigError(f"edge.url: expected http://host:port, got {e.url!r}")
+    _check_range("edge.job_timeout", e.job_timeout, 0.1, 7 * 86400)
+    _check_range("edge.request_timeout", e.request_timeout, 0.1, 3600)
+    _check_range("edge.max_attempts", e.max_attempts, 1, 100)
+    _check_range("edge.embed_limit", e.embed_limit, 1, 1 << 40)
+    _check_range("edge.max_resubmits", e.max_resubmits, 0, 100)
+    if e.upload not in {"embedded", "chunked", "auto"}:
+        raise ConfigError(f"edge.upload: expected 'embedded', 'chunked' or 'auto', got {e.upload!r}")
+    if e.chunk_encoding not in {"json", "multipart"}:
+        raise ConfigError(f"edge.chunk_encoding: expected 'json' or 'multipart', got {e.chunk_encoding!r}")
+    _check_range("worker.concurrency", w.concurrency, 1, 1024)
+    if not w.state_dir:
+        raise ConfigError("worker.state_dir: expected a directory path")
+    _check_range("worker.journal_retention", w.journal_retention, 0, 365 * 86400)
+    _check_range("worker.drain_timeout", w.drain_timeout, 0, 86400)
+    _check_range("worker.max_request_bytes", w.max_request_bytes, 1024, 1 << 34)
+    _check_range("worker.startup_timeout", w.startup_timeout, 0, 3600)
+    if config.log.level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ConfigError(f"log.level: expected debug, info, warning, error or critical, got {config.log.level!r}")
+    if config.log.format not in {"json", "console", "auto"}:
+        raise ConfigError(f"log.format: expected 'json', 'console' or 'auto', got {config.log.format!r}")
+    if config.metrics.listen:
+        parse_listen(config.metrics.listen)
+    # A delivery stays unacknowledged for its job's whole life: it must fit in the broker's consumer timeout,
+    # with room for the submission, the results and the reply.
+    if e.job_timeout + 2 * e.request_timeout > a.consumer_timeout:
+        raise ConfigError(
+            f"edge.job_timeout: {e.job_timeout:g} s plus two edge.request_timeout ({e.request_timeout:g} s) "
+            f"exceeds amqp.consumer_timeout ({a.consumer_timeout} s): the broker would close the channel "
+            "before the job could end; raise the broker's consumer_timeout and amqp.consumer_timeout together"
+        )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: expected a value from {low:g} to {high:g}, got {value!r}")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:9464") into its parts, naming the key on error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"metrics.listen: expected host:port (e.g. 127.0.0.1:9464), got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _resolve_secrets(config: Config, env: Mapping[str, str]) -> Config:
+    password = ""
+    if config.amqp.password_file:
+        password = _read_secret(config.amqp.password_file, "amqp.password_file")
+    elif env.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "amqp_password"
+        if candidate.is_file():
+            password = _read_secret(str(candidate), "$CREDENTIALS_DIRECTORY/amqp_password")
+    return dataclasses.replace(config, amqp=dataclasses.replace(config.amqp, password=password))
+
+
+def _read_secret(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read the secret file: {type(exc).__name__}") from None
+
+
+def broker_urls(config: AmqpConfig) -> list[str]:
+    """The broker URLs with the resolved password put in place; for connecting, never for printing."""
+    if not config.password:
+        return list(config.url)
+    out = []
+    for url in config.url:
+        parts = urllib.parse.urlsplit(url)
+        user = urllib.parse.unquote(parts.username or "guest")
+        netloc = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(config.password, safe='')}@"
+        netloc += parts.hostname or ""
+        if ":" in netloc.rpartition("@")[2]:  # an IPv6 literal
+            netloc = netloc.replace(f"@{parts.hostname}", f"@[{parts.hostname}]")
+        if parts.port:
+            netloc += f":{parts.port}"
+        out.append(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc[2]}"))
+
+
+def describe_url(url: str) -> str:
+    """A broker URL safe to log: password masked, query dropped."""
+    parts = urllib.parse.urlsplit(_mask_url(url))
+    return urllib.parse.urlunsplit(parts._replace(query=""))
+
+
+def masked_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret masked, for check-config."""
+    out: dict[str, Any] = {}
+    for section in _SECTIONS:
+        values = dataclasses.asdict(getattr(config, section))
+        for key, value in list(values.items()):
+            if (section, key) in _SECRET_KEYS:
+                values[key] = MASK if value else ""
+            elif isinstance(value, tuple):
+                values[key] = [_mask_url(v) if section == "amqp" else v for v in value]
+        out[section] = values
+    return out

@@ -1,0 +1,505 @@
+"""The job lifecycle: one delivery in, one final reply (or a dead letter, or a hand-back) out.
+
+Runs on worker threads; knows the edge client and the journal, and nothing of pika: the broker layer hands
+it a body and properties and gets an Outcome back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import structlog
+
+from worker.edge import EdgeClient, EdgeJob, EdgeResults, backoff_delay
+from worker.errors import (
+    DeliveryLimit,
+    EdgeError,
+    EdgeUnavailable,
+    InvalidRequest,
+    JobError,
+    JobNotFound,
+    JobTimeout,
+)
+from worker.journal import Journal
+from worker.messages import (
+    JobRequest,
+    ReplyRoute,
+    decode_request,
+    empty_reply,
+    encode_reply,
+    now_rfc3339,
+)
+from worker.metrics import Metrics
+
+log = structlog.get_logger("worker.jobs")
+T = TypeVar("T")
+
+_RESULTS_WAIT_S = 5.0  # how long finished-but-not-yet-readable results are waited for
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    body: bytes
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the broker layer must do with one delivery."""
+
+    route: ReplyRoute
+    status: str
+    reply: bytes | None = None
+    dead_letter: DeadLetter | None = None
+    requeue: bool = False  # hand the delivery back instead of replying
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    job_timeout_s: float
+    max_timeout_s: float
+    max_request_bytes: int
+    delivery_limit: int
+    count_deliveries_in_journal: bool  # classic queues: the broker does not count for us
+    max_resubmits: int
+    upload: str
+    embed_limit: int
+
+
+class DurationEstimator:
+    """A moving estimate of each model's job duration, to time the first status check."""
+
+    def __init__(self, *, default_s: float = 0.05, alpha: float = 0.3) -> None:
+        self._default_s = default_s
+        self._alpha = alpha
+        self._estimates: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def estimate(self, model: tuple[str, str]) -> float:
+        with self._lock:
+            return self._estimates.get(model, self._default_s)
+
+    def observe(self, model: tuple[str, str], seconds: float) -> None:
+        seconds = max(0.001, seconds)
+        with self._lock:
+            old = self._estimates.get(model)
+            self._estimates[model] = seconds if old is None else old + self._alpha * (seconds - old)
+
+
+class EdgeGate:
+    """Whether the edge answers. Workers report outages; one probe thread finds the edge again."""
+
+    def __init__(self, client: EdgeClient, *, on_change: Callable[[bool], None] | None = None) -> None:
+        self._client = client
+        self._on_change = on_change
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    def report_down(self, reason: str) -> None:
+        with self._lock:
+            if not self._up.is_set():
+                return
+            self._up.clear()
+            log.warning("edge_down", reason=reason)
+            self._prober = threading.Thread(target=self._probe_until_up, name="edge-probe", daemon=True)
+            self._prober.start()
+        if self._on_change is not None:
+            self._on_change(False)
+
+    def wait_up(self, deadline: float) -> bool:
+        return self._up.wait(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _probe_until_up(self) -> None:
+        attempt = 0
+        while not self._stopped.is_set():
+            attempt += 1
+            answers, why = self._client.answers()
+            if not answers:
+                delay = backoff_delay(attempt, base_s=0.25, cap_s=5.0) + 0.05
+                log.debug("edge_probe_failed", attempt=attempt, error=why, next_probe_s=round(delay, 3))
+                self._stopped.wait(delay)
+                continue
+            log.info("edge_up", probes=attempt)
+            self._up.set()
+            if self._on_change is not None:
+                self._on_change(True)
+            return
+
+
+class JobRunner:
+    """Turns deliveries into outcomes. Thread-safe: many deliveries run at once on worker threads."""
+
+    def __init__(
+        self,
+        *,
+        edge: EdgeClient,
+        gate: EdgeGate,
+        journal: Journal | None,
+        settings: JobSettings,
+        metrics: Metrics,
+        publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
+    ) -> None:
+        self._edge = edge
+        self._gate = gate
+        self._journal = journal
+        self._settings = settings
+        self._metrics = metrics
+        self._publish_update = publish_update
+        self.estimator = DurationEstimator()
+
+    # -- entry point -------------------------------------------------------------------------------
+
+    def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
+        """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
+        started = time.monotonic()
+        self._metrics.job_started()
+        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        try:
+            outcome = self._handle(body, properties, route, bound)
+        except Exception:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
+            bound.exception("job_internal_error")
+            self._metrics.job_finished("REQUEUED", time.monotonic() - started)
+            return Outcome(route=route, status="REQUEUED", requeue=True)
+        self._metrics.job_finished(outcome.status, time.monotonic() - started)
+        return outcome
+
+    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
+        content_type = getattr(properties, "content_type", None)
+        try:
+            request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
+        except InvalidRequest as exc:
+            route = replace(route, request_id=exc.request_id)
+            bound.warning(
+                "request_rejected", request_id=route.request_id, code=exc.code, error=exc.message, size_bytes=len(body)
+            )
+            reply = empty_reply(route, status="REJECTED", final=True)
+            reply["error"] = exc.as_reply_error()
+            bound.info("job_finished", status="REJECTED", duration_s=0.0, request_id=route.request_id)
+            return Outcome(
+                route=route,
+                status="REJECTED",
+                reply=encode_reply(reply),
+                dead_letter=DeadLetter(body=body, code=exc.code, message=exc.message),
+            )
+        route = replace(route, request_id=request.request_id)
+        bound = bound.bind(request_id=route.request_id, model=request.model_id, version=request.version)
+        if request.ignored_keys:
+            bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
+        key = route.idempotency_key
+        entry = None
+        if self._journal is not None:
+            journal_key = key or ("sha256:" + hashlib.sha256(body).hexdigest() if self._counting_in_journal else None)
+            if journal_key is not None:
+                entry = self._journal.record_delivery(journal_key)
+            if entry is not None and entry.reply is not None and key is not None:
+                bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
+                return Outcome(route=route, status="REPLAYED", reply=entry.reply)
+        deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
+        if deliveries > self._settings.delivery_limit:
+            limit = self._settings.delivery_limit
+            error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
+            return self._error_outcome(route, request, None, error, bound, body=body)
+        resume_id = entry.job_id if entry is not None and key is not None else None
+        submits = entry.submits if entry is not None else 0
+        journal_key = key if entry is not None else None
+        return self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
+
+    @property
+    def _counting_in_journal(self) -> bool:
+        return self._settings.count_deliveries_in_journal
+
+    def _delivery_count(self, properties: Any, journal_count: int) -> int:
+        """This delivery's number, counting from 1: the quorum queue's header, or the journal's count."""
+        if self._settings.count_deliveries_in_journal:
+            return journal_count
+        headers = getattr(properties, "headers", None) or {}
+        returned = headers.get("x-delivery-count", 0) if isinstance(headers, Mapping) else 0
+        return (int(returned) if isinstance(returned, int) else 0) + 1
+
+    # -- the edge job ------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        request: JobRequest,
+        route: ReplyRoute,
+        *,
+        key: str | None,
+        resume_id: str | None,
+        submits: int,
+        bound: Any,
+    ) -> Outcome:
+        started = time.monotonic()
+        timeout_s = min(request.timeout_s or self._settings.job_timeout_s, self._settings.max_timeout_s)
+        deadline = started + timeout_s
+        model = (request.model_id, request.version)
+        job: EdgeJob | None = None
+        job_id = resume_id
+        if job_id is not None:
+            bound = bound.bind(job_identifier=job_id)
+            bound.info("job_resumed", submits=submits)
+        try:
+            while True:
+                if job_id is None:
+                    if submits > self._settings.max_resubmits:
+                        raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
+                    job = self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
+                    job_id = job.job_identifier
+                    submits += 1
+                    bound = bound.bind(job_identifier=job_id)
+                    if key is not None and self._journal is not None:
+                        self._journal.record_job(key, job_id)
+                    bound.info(
+                        "job_submitted",
+                        input_type=request.input_type,
+                        sources=len(request.sources),
+                        size_bytes=request.size_bytes,
+                        submits=submits,
+                    )
+                    if request.want_updates and self._publish_update is not None:
+                        update = self._reply(job, None, request, route, final=False)
+                        self._publish_update(route, encode_reply(update), "SUBMITTED")
+                try:
+                    job = self._follow(job_id, model, deadline, bound)
+                except JobNotFound as exc:
+                    bound.warning("job_lost_by_edge", error=exc.message, submits=submits)
+                    job_id = None
+                    continue
+                break
+        except JobTimeout as exc:
+            if job_id is not None:
+                self._cancel(job_id, bound)
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key)
+        except JobError as exc:
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key)
+
+        results: EdgeResults | None = None
+        if request.want_results or job.failed or job.status != "COMPLETE":
+            results = self._fetch_results(job_id, deadline, bound)
+        reply = self._reply(job, results, request, route, final=True)
+        if request.want_results and results is None and job.status == "COMPLETE":
+            reply["results"] = {}
+        encoded = encode_reply(reply)
+        if key is not None and self._journal is not None:
+            self._journal.record_reply(key, encoded)
+        bound.info(
+            "job_finished",
+            status=reply["status"],
+            duration_s=round(time.monotonic() - started, 4),
+            edge_elapsed_ms=job.elapsed_ms,
+            completed=job.completed,
+            failed=job.failed,
+        )
+        return Outcome(route=route, status=reply["status"], reply=encoded)
+
+    def _submit(self, request: JobRequest, deadline: float) -> EdgeJob:
+        chunked = self._settings.upload == "chunked" or (
+            self._settings.upload == "auto"
+            and request.input_type == "embedded"
+            and sum(sum(sizes.values()) for sizes in request.input_sizes().values()) > self._settings.embed_limit
+        )
+        if chunked:
+            return self._edge.submit_chunked(
+                model_id=request.model_id,
+                version=request.version,
+                sources=request.sources,
+                explain=request.explain,
+                deadline=deadline,
+            )
+        return self._edge.submit_job(
+            model_id=request.model_id,
+            version=request.version,
+            sources=request.sources,
+            input_type=request.input_type,
+            explain=request.explain,
+            deadline=deadline,
+        )
+
+    def _with_edge(self, call: Callable[[], T], deadline: float, step: str, bound: Any) -> T:
+        """Run one edge step; while the edge is down, wait for it to come back until the job's deadline."""
+        while True:
+            if not self._gate.wait_up(deadline):
+                raise self._outage_error(step)
+            try:
+                result = call()
+            except EdgeUnavailable as exc:
+                bound.warning("edge_unavailable", step=step, error=exc.message)
+                self._gate.report_down(exc.message)
+                if time.monotonic() >= deadline:
+                    raise self._outage_error(step) from None
+                continue
+            return result
+
+    @staticmethod
+    def _outage_error(step: str) -> JobError:
+        if step == "submit":
+            return EdgeUnavailable(
+                "the edge stayed unreachable until the request's timeout; the job was never submitted"
+            )
+        return JobTimeout("the edge stayed unreachable until the request's timeout")
+
+    def _follow(self, job_id: str, model: tuple[str, str], deadline: float, bound: Any) -> EdgeJob:
+        """Poll the job to a terminal state: first check when this model usually finishes, then back off."""
+        began = time.monotonic()
+        estimate = self.estimator.estimate(model)
+        delay = estimate
+        step = max(0.002, estimate * 0.05)
+        last_pending = began
+        while True:
+            now = time.monotonic()
+            if now + delay >= deadline:
+                if deadline > now:
+                    time.sleep(deadline - now)
+                job = self._with_edge(
+                    lambda: self._edge.get_job(job_id, deadline=deadline + 5), deadline + 5, "status", bound
+                )
+                if job.terminal:
+                    return job
+                raise JobTimeout(
+                    f"the job did not finish within its timeout ({deadline - began:.3g} s after submission)"
+                )
+            time.sleep(delay)
+            job = self._with_edge(lambda: self._edge.get_job(job_id, deadline=deadline), deadline, "status", bound)
+            if job.terminal:
+                seen = time.monotonic() - began
+                if job.elapsed_ms > 0:
+                    self.estimator.observe(model, job.elapsed_ms / 1000)
+                elif last_pending == began:
+                    self.estimator.observe(model, seen * 0.9)  # finished before the first look: maybe sooner
+                else:
+                    self.estimator.observe(model, (last_pending - began + seen) / 2)
+                return job
+            last_pending = time.monotonic()
+            delay = step
+            step = min(step * 1.5, 2.0)
+
+    def _fetch_results(self, job_id: str, deadline: float, bound: Any) -> EdgeResults | None:
+        wait_until = time.monotonic() + _RESULTS_WAIT_S
+        attempt = 0
+        while True:
+            attempt += 1
+            results = self._with_edge(
+                lambda: self._edge.get_results(job_id, deadline=max(deadline, wait_until)),
+                max(deadline, wait_until),
+                "results",
+                bound,
+            )
+            if results is not None and (results.finished or results.results or results.failures):
+                return results
+            if time.monotonic() >= wait_until:
+                bound.warning("job_results_unavailable", attempts=attempt)
+                return None
+            time.sleep(backoff_delay(attempt, base_s=0.01, cap_s=0.5))
+
+    def _cancel(self, job_id: str, bound: Any) -> None:
+        try:
+            self._edge.cancel_job(job_id)
+            bound.info("job_canceled_at_edge")
+        except EdgeError as exc:
+            bound.warning("job_cancel_failed", error=exc.message)
+
+    # -- replies -----------------------------------------------------------------------------------
+
+    def _reply(
+        self,
+        job: EdgeJob,
+        results: EdgeResults | None,
+        request: JobRequest,
+        route: ReplyRoute,
+        *,
+        final: bool,
+    ) -> dict[str, Any]:
+        model = dict(job.model)
+        model["identifier"] = model.get("identifier") or request.model_id
+        model["version"] = model.get("version") or request.version
+        model.setdefault("name", None)
+        status = job.status if final else "SUBMITTED"
+        reply: dict[str, Any] = {
+            "status": status,
+            "final": final,
+            "job_identifier": job.job_identifier,
+            "request_id": route.request_id,
+            "correlation_id": route.correlation_id,
+            "model": model,
+            "explain": job.explain or request.explain,
+            "total": job.total or len(request.sources),
+            "pending": job.pending,
+            "completed": job.completed,
+            "failed": job.failed,
+            "job_inputs": job.job_inputs or list(request.sources),
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "submitted_at": job.submitted_at,
+            "finished_at": (job.updated_at or now_rfc3339()) if final else None,
+            "elapsed_ms": job.elapsed_ms or (results.elapsed_ms if results else 0),
+        }
+        if not final:
+            return reply
+        if results is not None:
+            if request.want_results:
+                reply["results"] = results.results
+            if results.failures:
+                reply["failures"] = results.failures
+        if job.status == "FAILED":
+            reply["error"] = {
+                "code": "JOB_FAILED",
+                "message": "the edge ran the job and every input failed",
+                "retryable": False,
+            }
+        elif job.status == "CANCELED":
+            reply["error"] = {"code": "JOB_CANCELED", "message": "the job was cancelled at the edge", "retryable": True}
+        elif job.status in {"TIMEOUT", "ERROR"}:
+            reply["error"] = {
+                "code": job.status if job.status == "TIMEOUT" else "ERROR",
+                "message": f"the edge ended the job with status {job.status}",
+                "retryable": True,
+            }
+        return reply
+
+    def _error_outcome(
+        self,
+        route: ReplyRoute,
+        request: JobRequest,
+        job: EdgeJob | None,
+        error: JobError,
+        bound: Any,
+        *,
+        started: float | None = None,
+        key: str | None = None,
+        body: bytes | None = None,
+    ) -> Outcome:
+        status = "TIMEOUT" if isinstance(error, JobTimeout) else "ERROR"
+        reply = (
+            empty_reply(route, status=status, final=True)
+            if job is None
+            else self._reply(job, None, request, route, final=True)
+        )
+        reply["status"] = status
+        if job is None:
+            reply["model"] = {"identifier": request.model_id, "version": request.version, "name": None}
+            reply["explain"] = request.explain
+            reply["total"] = len(request.sources)
+            reply["job_inputs"] = list(request.sources)
+        reply["error"] = error.as_reply_error()
+        encoded = encode_reply(reply)
+        if key is not None and self._journal is not None:
+            self._journal.record_reply(key, encoded)
+        duration = 0.0 if started is None else time.monotonic() - started
+        bound.info("job_finished", status=status, code=error.code, error=error.message, duration_s=round(duration, 4))
+        dead = DeadLetter(body=body, code=error.code, message=error.message) if body is not None else None
+        return Outcome(route=route, status=status, reply=encoded, dead_letter=dead)

@@ -1,0 +1,475 @@
+"""The daemon: wires broker → decode → edge → reply → ack, and owns start-up, signals and the drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from types import FrameType
+from typing import Any
+
+import pika
+import structlog
+from pika.adapters.select_connection import IOLoop
+
+from worker.broker import BrokerLink, Delivery
+from worker.config import Config, describe_url, parse_listen
+from worker.edge import EdgeClient
+from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
+from worker.jobs import EdgeGate, JobRunner, JobSettings, Outcome
+from worker.journal import Journal
+from worker.messages import ReplyRoute, reply_properties_fields, route_from_properties
+from worker.metrics import Metrics, MetricsServer
+from worker.notify import SystemdNotifier
+
+log = structlog.get_logger("worker.service")
+
+TICK_S = 1.0
+JOURNAL_EXPIRY_EVERY_S = 60.0
+
+
+@dataclass(slots=True, eq=False)
+class _InFlight:
+    """One request being processed; redeliveries of the same message_id attach to it."""
+
+    key: str | None
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
+    return EdgeClient(
+        base_url=config.edge.url,
+        request_timeout_s=config.edge.request_timeout,
+        max_attempts=config.edge.max_attempts,
+        api_key=config.edge.api_key,
+        chunk_encoding=config.edge.chunk_encoding,
+        on_call=metrics.edge_call if metrics is not None else None,
+    )
+
+
+class Daemon:
+    """`edge-worker run`: consume until told to stop, then drain."""
+
+    def __init__(self, config: Config, *, notifier: SystemdNotifier | None = None) -> None:
+        self._config = config
+        self._notifier = notifier or SystemdNotifier()
+        self.metrics = Metrics()
+        self._ioloop = IOLoop()
+        self._exit_code = ExitCode.OK
+        self._exit_reason = "stopped"
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._signals = 0
+        self._inflight: dict[str, _InFlight] = {}
+        self._active: set[_InFlight] = set()
+        self._last_expiry = 0.0
+        self._startup_done = False
+        self._edge = make_edge_client(config, self.metrics)
+        self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
+        self._journal: Journal | None = None
+        self._executor = ThreadPoolExecutor(max_workers=config.worker.concurrency, thread_name_prefix="job")
+        self._link = BrokerLink(
+            ioloop=self._ioloop,
+            amqp=config.amqp,
+            prefetch=config.worker.concurrency,
+            on_message=self._on_message,
+            on_ready=self._on_broker_ready,
+            on_lost=self._on_broker_lost,
+            on_fatal=self._on_fatal,
+        )
+        self._metrics_server: MetricsServer | None = None
+        self._runner: JobRunner | None = None
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until drained or stopped; returns the process exit code."""
+        cfg = self._config
+        log.info(
+            "worker_starting",
+            pid=os.getpid(),
+            concurrency=cfg.worker.concurrency,
+            queue=cfg.amqp.queue,
+            queue_type=cfg.amqp.queue_type,
+            edge_url=cfg.edge.url,
+            config=cfg.source,
+            brokers=[describe_url(u) for u in cfg.amqp.url],
+        )
+        try:
+            self._journal = Journal.in_state_dir(cfg.worker.state_dir, retention_s=cfg.worker.journal_retention)
+        except (OSError, Exception) as exc:  # noqa: BLE001 -- sqlite3 and the file system raise many kinds
+            log.error(
+                "worker_exit",
+                reason="journal unusable",
+                state_dir=cfg.worker.state_dir,
+                error=f"{type(exc).__name__}: {exc}",
+                exit_code=int(ExitCode.CONFIG),
+            )
+            return int(ExitCode.CONFIG)
+        self._runner = JobRunner(
+            edge=self._edge,
+            gate=self._gate,
+            journal=self._journal,
+            settings=JobSettings(
+                job_timeout_s=cfg.edge.job_timeout,
+                max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
+                max_request_bytes=cfg.worker.max_request_bytes,
+                delivery_limit=cfg.amqp.delivery_limit,
+                count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
+                max_resubmits=cfg.edge.max_resubmits,
+                upload=cfg.edge.upload,
+                embed_limit=cfg.edge.embed_limit,
+            ),
+            metrics=self.metrics,
+            publish_update=self._publish_update_threadsafe,
+        )
+        if cfg.metrics.listen:
+            host, port = parse_listen(cfg.metrics.listen)
+            try:
+                self._metrics_server = MetricsServer(self.metrics, host=host, port=port, stale_after_s=30.0)
+            except OSError as exc:
+                log.error(
+                    "worker_exit",
+                    reason="metrics.listen cannot be bound",
+                    listen=cfg.metrics.listen,
+                    error=str(exc),
+                    exit_code=int(ExitCode.CONFIG),
+                )
+                return int(ExitCode.CONFIG)
+            self._metrics_server.start()
+            log.info("metrics_listening", address=f"{host}:{self._metrics_server.address[1]}")
+        try:
+            self._wait_for_edge()
+        except ServiceUnavailable as exc:
+            log.error(
+                "worker_exit",
+                reason="edge unreachable at start-up",
+                error=str(exc),
+                exit_code=int(ExitCode.UNAVAILABLE),
+            )
+            self._shutdown_helpers()
+            return int(ExitCode.UNAVAILABLE)
+        self._install_signals()
+        self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
+        self._ioloop.call_later(TICK_S, self._tick)
+        self._notifier.status("connecting to the broker")
+        self._link.start()
+        self._ioloop.start()
+        self._shutdown_helpers()
+        log.info("worker_exit", reason=self._exit_reason, exit_code=int(self._exit_code))
+        return int(self._exit_code)
+
+    def _wait_for_edge(self) -> None:
+        deadline = time.monotonic() + self._config.worker.startup_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            answers, why = self._edge.answers()
+            if answers:
+                log.info("edge_reachable", url=self._config.edge.url, attempts=attempt)
+                return
+            if attempt == 1:
+                self._notifier.status(f"waiting for the edge at {self._config.edge.url}")
+                log.warning("edge_waiting", url=self._config.edge.url, error=why)
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"edge at {self._config.edge.url}: {why}")
+            time.sleep(min(2.0, 0.2 * attempt))
+
+    def _check_startup(self) -> None:
+        if self._link.connections_made == 0 and not self._draining:
+            self._exit_code = ExitCode.UNAVAILABLE
+            self._exit_reason = "broker unreachable at start-up"
+            log.error("broker_unreachable", waited_s=self._config.worker.startup_timeout)
+            self._link.close()
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # The second signal: leave at once; the broker redelivers whatever we had not acknowledged.
+            log.warning(
+                "worker_exit",
+                reason=f"second signal {signal.Signals(signum).name}: immediate exit",
+                exit_code=128 + signum,
+                in_flight=len(self._active),
+            )
+            os._exit(128 + signum)
+        self._ioloop.add_callback_threadsafe(partial(self._begin_drain, signal.Signals(signum).name))
+
+    def _on_fatal(self, error: Exception) -> None:
+        code = (
+            error.exit_code if isinstance(error, EdgeWorkerError) and hasattr(error, "exit_code") else ExitCode.SOFTWARE
+        )
+        self._exit_code = ExitCode(code)
+        self._exit_reason = str(error)
+        log.error("worker_fatal", error=str(error), exit_code=int(code))
+        self._draining = True
+        self._link.close()
+
+    # -- broker events (IOLoop thread) -------------------------------------------------------------
+
+    def _on_broker_ready(self) -> None:
+        self.metrics.set_broker_connected(True)
+        if self._link.connections_made > 1:
+            self.metrics.reconnects.inc()
+        if not self._gate.is_up or self._draining:
+            self._link.pause_consuming()
+        if not self._startup_done:
+            self._startup_done = True
+            self._notifier.ready(status=self._status_line())
+        else:
+            self._notifier.status(self._status_line())
+
+    def _on_broker_lost(self, reason: str) -> None:
+        self.metrics.set_broker_connected(False)
+        self._notifier.status(f"waiting for the broker: {reason}"[:200])
+        if self._draining and not self._active:
+            self._link.close()
+
+    def _on_message(self, delivery: Delivery) -> None:
+        if self._draining:
+            self._link.requeue(delivery)
+            return
+        route = route_from_properties(delivery.properties)
+        key = route.message_id
+        if key is not None and key in self._inflight:
+            # A redelivery (after a lost connection) of a request we are still running: answer both with one job.
+            self._inflight[key].deliveries.append(delivery)
+            log.info("delivery_attached", message_id=key, redelivered=delivery.redelivered)
+            return
+        entry = _InFlight(key=key, deliveries=[delivery])
+        if key is not None:
+            self._inflight[key] = entry
+        self._active.add(entry)
+        self._executor.submit(self._work, entry, delivery, route)
+
+    def _work(self, entry: _InFlight, delivery: Delivery, route: ReplyRoute) -> None:
+        assert self._runner is not None
+        outcome = self._runner.handle(delivery.body, delivery.properties, route)
+        self._ioloop.add_callback_threadsafe(partial(self._complete, entry, outcome))
+
+    def _complete(self, entry: _InFlight, outcome: Outcome) -> None:
+        self._active.discard(entry)
+        if entry.key is not None and self._inflight.get(entry.key) is entry:
+            del self._inflight[entry.key]
+        live = [d for d in entry.deliveries if self._link.is_live(d)]
+        if outcome.requeue:
+            for delivery in live:
+                self._link.requeue(delivery)
+        elif not live:
+            # Its channel died: the broker redelivers it and the journal answers with the stored reply.
+            log.info("outcome_deferred", message_id=entry.key, status=outcome.status)
+        else:
+            _Publication(self, entry, outcome, live).start()
+        self._maybe_finish_drain()
+
+    def _publish_update_threadsafe(self, route: ReplyRoute, body: bytes, status: str) -> None:
+        self._ioloop.add_callback_threadsafe(partial(self._publish_update, route, body, status))
+
+    def _publish_update(self, route: ReplyRoute, body: bytes, status: str) -> None:
+        props = reply_properties_fields({"status": status, "final": False}, route)
+        self._link.publish(
+            routing_key=route.reply_to or self._config.amqp.reply_queue,
+            body=body,
+            properties=pika.BasicProperties(**props),
+            on_done=lambda _ok, _returned: None,
+        )
+
+    def _on_edge_change(self, up: bool) -> None:
+        self.metrics.set_edge_up(up)
+        self._ioloop.add_callback_threadsafe(partial(self._apply_edge_state, up))
+
+    def _apply_edge_state(self, up: bool) -> None:
+        if self._draining:
+            return
+        if up:
+            self._link.resume_consuming()
+        else:
+            self._link.pause_consuming()
+        self._notifier.status(self._status_line())
+
+    # -- the loop's heartbeat ----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.metrics.tick()
+        self._notifier.watchdog()
+        now = time.monotonic()
+        if self._journal is not None and now - self._last_expiry >= JOURNAL_EXPIRY_EVERY_S:
+            self._last_expiry = now
+            expired = self._journal.expire(unfinished_after_s=self._config.amqp.consumer_timeout * 2)
+            if expired:
+                log.info("journal_expired", entries=expired)
+        if self._draining:
+            self._maybe_finish_drain()
+        self._ioloop.call_later(TICK_S, self._tick)
+
+    def _status_line(self) -> str:
+        if self._draining:
+            return f"draining: {len(self._active)} requests in flight"
+        if not self._link.ready:
+            return "waiting for the broker"
+        if not self._gate.is_up:
+            return f"edge unreachable at {self._config.edge.url}: intake paused"
+        return f"consuming {self._config.amqp.queue}: {len(self._active)} in flight"
+
+    # -- drain -------------------------------------------------------------------------------------
+
+    def _begin_drain(self, why: str) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        self._exit_reason = f"{why}: drained"
+        self._drain_deadline = time.monotonic() + self._config.worker.drain_timeout
+        log.info(
+            "worker_draining",
+            signal=why,
+            in_flight=len(self._active),
+            drain_timeout_s=self._config.worker.drain_timeout,
+        )
+        self._notifier.stopping(status=self._status_line())
+        self._link.pause_consuming()
+        self._maybe_finish_drain()
+
+    def _maybe_finish_drain(self) -> None:
+        if not self._draining:
+            return
+        if self._active and time.monotonic() < self._drain_deadline:
+            return
+        if self._active:
+            handed_back = 0
+            for entry in list(self._active):
+                for delivery in entry.deliveries:
+                    handed_back += int(self._link.requeue(delivery))
+            log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._active))
+            self._exit_reason += f" (timeout: {handed_back} handed back)"
+            self._active.clear()
+        self._link.close()
+
+    def _shutdown_helpers(self) -> None:
+        self._gate.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        if self._journal is not None:
+            self._journal.close()
+
+
+class _Publication:
+    """Publish one outcome (reply, and dead-letter copy when rejected); acknowledge once all are confirmed."""
+
+    def __init__(self, daemon: Daemon, entry: _InFlight, outcome: Outcome, live: list[Delivery]) -> None:
+        self._daemon = daemon
+        self._link = daemon._link
+        self._amqp = daemon._config.amqp
+        self._entry = entry
+        self._outcome = outcome
+        self._live = live
+        self._waiting = 0
+        self._failed = False
+
+    def start(self) -> None:
+        outcome = self._outcome
+        if outcome.reply is not None:
+            self._publish_reply(outcome.route.reply_to or self._amqp.reply_queue, unroutable_from=None)
+        if outcome.dead_letter is not None:
+            self._publish_dead_letter(outcome.dead_letter.code, outcome.dead_letter.message, outcome.dead_letter.body)
+        if self._waiting == 0 and not self._failed:
+            self._finish()
+
+    def _publish_reply(self, queue: str, *, unroutable_from: str | None) -> None:
+        assert self._outcome.reply is not None
+        fields = reply_properties_fields(_peek_status(self._outcome), self._outcome.route)
+        if unroutable_from is not None:
+            fields["headers"]["x-unroutable-reply-to"] = unroutable_from
+        props = pika.BasicProperties(**fields)
+
+        def done(confirmed: bool, returned: bool) -> None:
+            self._waiting -= 1
+            if confirmed and returned:
+                if unroutable_from is None and queue != self._amqp.reply_queue:
+                    log.warning("reply_unroutable", reply_to=queue, fallback=self._amqp.reply_queue)
+                    self._publish_reply(self._amqp.reply_queue, unroutable_from=queue)
+                    return
+                log.error("reply_unroutable", reply_to=queue, fallback=self._amqp.dead_letter_queue)
+                body = self._entry.deliveries[0].body
+                self._publish_dead_letter("REPLY_UNROUTABLE", f"no queue {queue!r} for the reply", body)
+                return
+            self._settle(confirmed, what="reply")
+
+        self._send(queue, self._outcome.reply, props, done)
+
+    def _publish_dead_letter(self, code: str, message: str, body: bytes) -> None:
+        original = self._entry.deliveries[0].properties
+        headers = dict(getattr(original, "headers", None) or {})
+        headers["x-error-code"] = code
+        headers["x-error-message"] = message[:1000]
+        props = pika.BasicProperties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            headers=headers,
+            delivery_mode=2,
+            priority=original.priority,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to,
+            message_id=original.message_id,
+            timestamp=original.timestamp,
+            type=original.type,
+            app_id=original.app_id,
+        )
+
+        def done(confirmed: bool, returned: bool) -> None:
+            self._waiting -= 1
+            if returned:
+                log.error("dead_letter_unroutable", queue=self._amqp.dead_letter_queue)
+            if confirmed and not returned:
+                self._daemon.metrics.dead_letters.labels(code=code).inc()
+            self._settle(confirmed and not returned, what="dead_letter")
+
+        self._send(self._amqp.dead_letter_queue, body, props, done)
+
+    def _send(self, queue: str, body: bytes, props: pika.BasicProperties, done: Any) -> None:
+        self._waiting += 1
+        if not self._link.publish(routing_key=queue, body=body, properties=props, on_done=done):
+            self._waiting -= 1
+            self._failed = True  # no channel: the delivery dies with it and comes back
+
+    def _settle(self, confirmed: bool, *, what: str) -> None:
+        if not confirmed:
+            self._failed = True
+            log.warning("publish_not_confirmed", what=what, message_id=self._entry.key)
+        elif what == "reply":
+            self._daemon.metrics.replies.inc()
+        if self._waiting == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._failed:
+            # Nacked or lost: hand the request back; a redelivery re-publishes the journal's reply.
+            for delivery in self._live:
+                self._link.requeue(delivery)
+            return
+        for delivery in self._live:
+            self._link.ack(delivery)
+
+
+def _peek_status(outcome: Outcome) -> dict[str, Any]:
+    return {"status": outcome.status if outcome.status != "REPLAYED" else _replayed_status(outcome), "final": True}
+
+
+def _replayed_status(outcome: Outcome) -> str:
+    import msgpack  # noqa: PLC0415 -- only for the rare replay path
+
+    try:
+        status = msgpack.unpackb(outcome.reply or b"", raw=False).get("status", "COMPLETE")
+    except (ValueError, AttributeError):
+        return "COMPLETE"
+    return str(status)
+
+
+__all__ = ["ConfigError", "Daemon"]
