@@ -127,9 +127,11 @@ def decode_request(body: bytes, content_type: str | None, *, max_request_bytes: 
     try:
         return request_from_map(data, size_bytes=len(body))
     except InvalidRequest as exc:
-        # Echo the producer's request_id even in a rejection, when it is readable.
-        if isinstance(data, dict) and isinstance(data.get("request_id"), str):
-            exc.request_id = data["request_id"]
+        # Echo the producer's request_id even in a rejection, when it is valid: an invalid one (say a megabyte
+        # long) must not travel into the reply's AMQP headers.
+        request_id = data.get("request_id") if isinstance(data, dict) else None
+        if isinstance(request_id, str) and 0 < len(request_id.encode("utf-8")) <= MAX_KEY_BYTES:
+            exc.request_id = request_id
         raise
 
 
