@@ -112,7 +112,12 @@ def unpack_body(body: bytes, *, max_request_bytes: int) -> Any:
             max_map_len=_MAX_CONTAINER_LEN,
             max_ext_len=0,
         )
-    except msgpack.ExtraData:
+    except msgpack.ExtraData as exc:
+        if not isinstance(exc.unpacked, dict):
+            # JSON or text starts with a byte msgpack reads as a small int: say what the body is not.
+            raise InvalidRequest(
+                f"body: expected a msgpack map, got {_kind(exc.unpacked)} followed by {len(exc.extra)} more bytes"
+            ) from None
         raise InvalidRequest("body: trailing bytes after the msgpack map") from None
     except UnicodeDecodeError:
         raise InvalidRequest("body: a msgpack str is not valid UTF-8 (send bytes as bin)") from None
