@@ -242,7 +242,7 @@ def _check_key(key: Any, container: str) -> str:
         raise InvalidRequest(f"{container}: key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
     if "/" in key:
         raise InvalidRequest(f"{container}: key {key!r} must not contain '/'")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in key):  # C0, DEL and C1 controls
         raise InvalidRequest(f"{container}: key {key!r} must not contain control characters")
     return key
 
