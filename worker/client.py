@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,6 +18,24 @@ class ReplyTimeout(TimeoutError):
     """No final reply arrived in time."""
 
 
+class _RedactReturnedBody(logging.Filter):
+    """pika logs the first 255 bytes of a returned message's body at WARNING: keep the payload out of logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Published message was returned") and isinstance(record.args, tuple):
+            record.args = (*record.args[:-1], "<body not logged>")
+        return True
+
+
+_REDACT_RETURNED_BODY = _RedactReturnedBody()
+
+
+def _keep_returned_bodies_out_of_logs() -> None:
+    logger = logging.getLogger("pika.adapters.blocking_connection")
+    if _REDACT_RETURNED_BODY not in logger.filters:
+        logger.addFilter(_REDACT_RETURNED_BODY)
+
+
 class EdgeWorkerClient:
     """Publishes job requests to the request queue and collects replies on a private reply queue.
 
@@ -24,6 +43,7 @@ class EdgeWorkerClient:
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, queue: str = "edge.jobs") -> None:
+        _keep_returned_bodies_out_of_logs()
         self._connection = pika.BlockingConnection(pika.URLParameters(url))
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
