@@ -139,7 +139,7 @@ def parse_input(spec: str) -> tuple[str, str, bytes | str]:
 def _submit(config: Config, args: argparse.Namespace) -> int:
     import pika.exceptions  # noqa: PLC0415
 
-    from worker.client import EdgeWorkerClient, ReplyTimeout  # noqa: PLC0415
+    from worker.client import EdgeWorkerClient, PublishError, ReplyTimeout  # noqa: PLC0415
 
     if not args.input:
         print("edge-worker submit: at least one --input is required", file=sys.stderr)
@@ -170,7 +170,11 @@ def _submit(config: Config, args: argparse.Namespace) -> int:
         )
         return int(ExitCode.UNAVAILABLE)
     with client:
-        correlation_id = client.publish(request, reply_to=None if args.wait else config.amqp.reply_queue)
+        try:
+            correlation_id = client.publish(request, reply_to=None if args.wait else config.amqp.reply_queue)
+        except PublishError as exc:
+            print(f"edge-worker submit: {exc}", file=sys.stderr)
+            return int(ExitCode.UNAVAILABLE)
         if not args.wait:
             print(json.dumps({"published": True, "correlation_id": correlation_id, "queue": config.amqp.queue}))
             return 0

@@ -10,12 +10,21 @@ from typing import Any
 
 import msgpack
 import pika
+import pika.exceptions
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 class ReplyTimeout(TimeoutError):
     """No final reply arrived in time."""
+
+
+class PublishError(RuntimeError):
+    """The broker did not take the request."""
+
+
+class RequestUnroutable(PublishError):
+    """No queue of that name on the broker: the request was returned."""
 
 
 class _RedactReturnedBody(logging.Filter):
@@ -75,22 +84,32 @@ class EdgeWorkerClient:
         correlation_id: str | None = None,
         reply_to: str | None = None,
     ) -> str:
-        """Publish one request (persistent, confirmed); returns its correlation id."""
+        """Publish one request (persistent, confirmed); returns its correlation id.
+
+        Raises RequestUnroutable when the request queue does not exist, PublishError when the broker nacks.
+        """
         message_id = message_id or uuid.uuid4().hex
         correlation_id = correlation_id or message_id
-        self._channel.basic_publish(
-            "",
-            self.queue,
-            msgpack.packb(dict(request), use_bin_type=True),
-            pika.BasicProperties(
-                content_type="application/msgpack",
-                delivery_mode=2,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to or self.reply_queue,
-            ),
-            mandatory=True,
-        )
+        try:
+            self._channel.basic_publish(
+                "",
+                self.queue,
+                msgpack.packb(dict(request), use_bin_type=True),
+                pika.BasicProperties(
+                    content_type="application/msgpack",
+                    delivery_mode=2,
+                    message_id=message_id,
+                    correlation_id=correlation_id,
+                    reply_to=reply_to or self.reply_queue,
+                ),
+                mandatory=True,
+            )
+        except pika.exceptions.UnroutableError:
+            raise RequestUnroutable(
+                f"no queue {self.queue!r} on the broker: start the worker (it declares its queues) or check amqp.queue"
+            ) from None
+        except pika.exceptions.NackError:
+            raise PublishError(f"the broker refused the request for queue {self.queue!r} (nack)") from None
         return correlation_id
 
     def wait(self, correlation_id: str, *, timeout_s: float = 60.0) -> dict[str, Any]:
