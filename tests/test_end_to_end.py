@@ -757,3 +757,52 @@ def test_debug_logs_never_contain_the_payload(
     collector.wait_finals(3)
     assert worker.terminate() == 0
     assert_no_payload_in(worker.log_path.read_bytes(), canary, text_canary)
+
+
+# -- beyond the list: requests without ids, and inputs too large to embed ----------------------------
+
+
+def test_request_without_message_id_or_correlation_id_still_completes(
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+) -> None:
+    producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"1"}}, "request_id": "only-r"}, message_id="")
+    wait_until(collector.poll, 15, what="a reply")
+    [(props, reply)] = collector.all
+    assert reply["status"] == "COMPLETE"
+    assert (reply["correlation_id"], props.correlation_id) == (None, None)
+    assert reply["request_id"] == "only-r"
+    assert worker_headers(props)["request_id"] == "only-r"
+
+
+def test_input_above_the_embed_limit_is_uploaded_in_chunks_and_arrives_intact(
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+) -> None:
+    big = os.urandom(3_500_000)  # over edge.embed_limit, and over the emulator's 4 MiB body limit once in base64
+    mid = producer.publish({"model": SHA_MODEL, "sources": {"scan": {"volume": big, "note": b"small"}}})
+    reply = only_final(collector, mid, timeout_s=30)
+    assert reply["status"] == "COMPLETE"
+    assert reply["results"]["scan"]["inputs"] == {"volume": digest(big), "note": digest(b"small")}
+    stats = emulator.stats()
+    assert stats["jobs_closed"] == 1  # an open job, filled chunk by chunk, then closed
+    assert stats["calls"]["chunk"] >= 4
+    assert stats["rejected_too_large"] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in worker/service.py: _Publication logs reply_unroutable (and publish_not_confirmed, "
+    "dead_letter_unroutable) with the module logger, without the job's request_id, correlation_id, "
+    "message_id, job_identifier, model and version",
+)
+def test_reply_path_log_lines_carry_the_job_context(
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, queues: Queues
+) -> None:
+    mid = producer.publish(
+        {"model": SHA_MODEL, "sources": {"s": {"i": b"1"}}, "request_id": "ctx-1"},
+        reply_to=f"{queues.prefix}.no-such-queue",
+    )
+    only_final(collector, mid)
+    [unroutable] = worker.wait_for_event("reply_unroutable")
+    missing = [key for key in JOB_LOG_KEYS if key not in unroutable]
+    assert not missing, (missing, unroutable)
+    assert unroutable["message_id"] == mid
