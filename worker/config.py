@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -186,7 +187,9 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
     if isinstance(default, tuple):
         if from_env:
-            items = [part.strip() for part in value.split(",") if part.strip()]
+            # A comma separates URLs only where the next one starts: a password may contain a comma.
+            parts = re.split(r",(?=\s*amqps?://)", value)
+            items = [url for url in (part.strip(" \t,") for part in parts) if url]
         elif isinstance(value, str):
             items = [value]
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
