@@ -208,7 +208,7 @@ def _validate(config: Config) -> None:
     a, e, w = config.amqp, config.edge, config.worker
     for url in a.url:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname:
+        if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname or not _port_ok(parsed):
             raise ConfigError(f"amqp.url: expected amqp://host[:port]/vhost or amqps://..., got {_mask_url(url)!r}")
     for key in ("queue", "reply_queue", "dead_letter_queue"):
         value = getattr(a, key)
@@ -226,7 +226,7 @@ def _validate(config: Config) -> None:
     if bool(a.tls_cert_file) != bool(a.tls_key_file):
         raise ConfigError("amqp.tls_cert_file and amqp.tls_key_file: set both for mutual TLS, or neither")
     parsed_edge = urllib.parse.urlsplit(e.url)
-    if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname:
+    if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname or not _port_ok(parsed_edge):
         raise ConfigError(f"edge.url: expected http://host:port, got {e.url!r}")
     _check_range("edge.job_timeout", e.job_timeout, 0.1, 7 * 86400)
     _check_range("edge.request_timeout", e.request_timeout, 0.1, 3600)
@@ -258,6 +258,15 @@ def _validate(config: Config) -> None:
             f"exceeds amqp.consumer_timeout ({a.consumer_timeout} s): the broker would close the channel "
             "before the job could end; raise the broker's consumer_timeout and amqp.consumer_timeout together"
         )
+
+
+def _port_ok(parsed: urllib.parse.SplitResult) -> bool:
+    """Whether the URL's port, if any, is a number from 0 to 65535 (urllib only checks on access)."""
+    try:
+        parsed.port  # noqa: B018 -- the property raises ValueError for a bad port
+    except ValueError:
+        return False
+    return True
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
