@@ -425,3 +425,25 @@ def test_secrets_are_not_in_the_config_repr(tmp_path: Path) -> None:
 def test_describe_url_masks_the_password_and_drops_the_query() -> None:
     assert describe_url("amqps://u:secret@h:5671/v?cacertfile=/x&heartbeat=5") == "amqps://u:****@h:5671/v"
     assert describe_url("amqp://h/") == "amqp://h/"
+
+
+def test_environment_url_with_a_comma_in_its_password_is_one_url() -> None:
+    # Commas separate URLs only where a new amqp(s):// URL starts: a password may contain one, and a
+    # split inside it used to print the password's tail in the error.
+    config = load_config(None, {"EDGE_WORKER_AMQP__URL": "amqp://app:pa,ss@rabbit/%2F, amqps://app:x,y@r2/"})
+    assert config.amqp.url == ("amqp://app:pa,ss@rabbit/%2F", "amqps://app:x,y@r2/")
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "message"),
+    [
+        ("AMQP__URL", "amqp://u:secret-pw@rabbit:abc/%2F", "amqp.url: expected amqp://"),
+        ("AMQP__URL", "amqp://u:secret-pw@rabbit:99999/%2F", "amqp.url: expected amqp://"),
+        ("EDGE__URL", "http://edge:port", "edge.url: expected http://host:port"),
+        ("EDGE__URL", "http://edge:70000", "edge.url: expected http://host:port"),
+    ],
+)
+def test_url_with_a_bad_port_names_the_key(key: str, url: str, message: str) -> None:
+    error = config_error(env={f"EDGE_WORKER_{key}": url})
+    assert message in error
+    assert "secret-pw" not in error
