@@ -304,6 +304,28 @@ def test_hostile_container_header_is_refused_without_allocating(header: bytes) -
     assert peak < 1 << 20, f"decoding a {len(body)}-byte body allocated {peak} bytes"
 
 
+@pytest.mark.parametrize("kind", ["array", "map"])
+def test_container_claim_backed_by_real_bytes_is_refused_before_building_it(kind: str) -> None:
+    # msgpack's own default bound is the buffer length: a few MB of body could make it build a list of
+    # millions of items (36 MB measured for this array) or a dict of 262144 entries (30 MB) before the request is
+    # even looked at.
+    count = 1 << 22 if kind == "array" else 1 << 18
+    header = (b"\xdd" if kind == "array" else b"\xdf") + count.to_bytes(4, "big")
+    if kind == "array":
+        items = b"\xc0" * count  # nil, nil, ...
+    else:
+        items = b"".join(b"\xa8" + f"{i:08x}".encode() + b"\xc0" for i in range(count))  # "0000002a": nil
+    body = header + items
+    tracemalloc.start()
+    try:
+        error = rejected(body, limit=len(body))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"exceeds max_{kind}_len" in error.message
+    assert peak < 1 << 20, f"decoding allocated {peak} bytes"
+
+
 def test_container_bound_still_allows_the_largest_valid_request() -> None:
     # MAX_SOURCES input items must get through msgpack's container bound to reach the precise check.
     sources = {f"s{i}": {"i": b""} for i in range(MAX_SOURCES)}
