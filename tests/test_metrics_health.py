@@ -46,7 +46,7 @@ DOCUMENTED: dict[str, tuple[str, frozenset[str]]] = {
 }
 # Label values are drawn from small fixed sets; anything else would be a per-job label in disguise.
 FINAL_STATUSES = {"COMPLETE", "FAILED", "CANCELED", "TIMEOUT", "REJECTED", "ERROR", "REQUEUED", "REPLAYED"}
-EDGE_CALLS = {"features", "submit", "status", "results", "upload", "cancel", "close", "create"}
+EDGE_CALLS = {"features", "submit", "status", "results", "cancel", "chunk", "close"}
 
 
 class Scrape:
