@@ -26,7 +26,7 @@ import pika.exceptions
 import pytest
 import structlog
 
-BROKER_URL = os.environ.get("EDGE_WORKER_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, *, interval_s: float = 0.02, what: str = "") -> Any:
