@@ -281,11 +281,15 @@ class Daemon:
             on_done=lambda _ok, _returned: None,
         )
 
-    def _on_edge_change(self, up: bool) -> None:
-        self.metrics.set_edge_up(up)
-        self._ioloop.add_callback_threadsafe(partial(self._apply_edge_state, up))
+    def _on_edge_change(self, _up: bool) -> None:
+        # The worker thread that saw the outage and the probe thread that saw the edge return call this
+        # without an order between them: a stale "down" can arrive after "up". So the loop applies the
+        # gate's state as it is when the callback runs, not the value each caller passed.
+        self._ioloop.add_callback_threadsafe(self._apply_edge_state)
 
-    def _apply_edge_state(self, up: bool) -> None:
+    def _apply_edge_state(self) -> None:
+        up = self._gate.is_up
+        self.metrics.set_edge_up(up)
         if self._draining:
             return
         if up:
