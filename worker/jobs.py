@@ -42,6 +42,10 @@ T = TypeVar("T")
 _RESULTS_WAIT_S = 5.0  # how long finished-but-not-yet-readable results are waited for
 
 
+class Abandoned(Exception):
+    """The worker is exiting: the job's thread stops where it is; the request was handed back."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     body: bytes
@@ -120,7 +124,15 @@ class EdgeGate:
             self._on_change(False)
 
     def wait_up(self, deadline: float) -> bool:
-        return self._up.wait(max(0.0, deadline - time.monotonic()))
+        """Wait until the edge is up (True) or the deadline passes (False); raises Abandoned on stop()."""
+        while not self._up.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._stopped.is_set():
+                raise Abandoned
+            self._up.wait(min(remaining, 0.5))
+        return True
 
     def stop(self) -> None:
         self._stopped.set()
@@ -162,6 +174,15 @@ class JobRunner:
         self._metrics = metrics
         self._publish_update = publish_update
         self.estimator = DurationEstimator()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """The worker exits: jobs still running are abandoned (their requests were handed back)."""
+        self._stopping.set()
+
+    def _pause(self, seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            raise Abandoned
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -172,7 +193,10 @@ class JobRunner:
         bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
         try:
             outcome = self._handle(body, properties, route, bound)
-        except Exception:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
+        except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
+            if isinstance(exc, Abandoned) or self._stopping.is_set():
+                bound.info("job_abandoned", reason="worker exiting; the request was handed back")
+                return Outcome(route=route, status="ABANDONED", requeue=True)
             bound.exception("job_internal_error")
             self._metrics.job_finished("REQUEUED", time.monotonic() - started)
             return Outcome(route=route, status="REQUEUED", requeue=True)
@@ -364,7 +388,7 @@ class JobRunner:
             now = time.monotonic()
             if now + delay >= deadline:
                 if deadline > now:
-                    time.sleep(deadline - now)
+                    self._pause(deadline - now)
                 job = self._with_edge(
                     lambda: self._edge.get_job(job_id, deadline=deadline + 5), deadline + 5, "status", bound
                 )
@@ -373,7 +397,7 @@ class JobRunner:
                 raise JobTimeout(
                     f"the job did not finish within its timeout ({deadline - began:.3g} s after submission)"
                 )
-            time.sleep(delay)
+            self._pause(delay)
             job = self._with_edge(lambda: self._edge.get_job(job_id, deadline=deadline), deadline, "status", bound)
             if job.terminal:
                 seen = time.monotonic() - began
@@ -404,7 +428,7 @@ class JobRunner:
             if time.monotonic() >= wait_until:
                 bound.warning("job_results_unavailable", attempts=attempt)
                 return None
-            time.sleep(backoff_delay(attempt, base_s=0.01, cap_s=0.5))
+            self._pause(backoff_delay(attempt, base_s=0.01, cap_s=0.5))
 
     def _cancel(self, job_id: str, bound: Any) -> None:
         try:

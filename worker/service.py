@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
@@ -39,6 +41,36 @@ class _InFlight:
     deliveries: list[Delivery] = field(default_factory=list)
 
 
+class _JobThreads:
+    """A fixed pool of daemon threads for the jobs.
+
+    Not a ThreadPoolExecutor: the interpreter joins an executor's threads at exit, so a job handed back at
+    the drain timeout would hold the process until the job ended at the edge (up to edge.job_timeout),
+    defeating worker.drain_timeout. A handed-back job's edge job id is in the journal: the next worker
+    resumes it, so nothing is lost by leaving it behind.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"job-{i}", daemon=True) for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._work.put(work)
+
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            try:
+                work()
+            except Exception:  # a thread must survive anything to serve the next job
+                log.exception("job_thread_error")
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+
+
 def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
     return EdgeClient(
         base_url=config.edge.url,
@@ -65,12 +97,13 @@ class Daemon:
         self._signals = 0
         self._inflight: dict[str, _InFlight] = {}
         self._active: set[_InFlight] = set()
+        self._publishing: set[_Publication] = set()
         self._last_expiry = 0.0
         self._startup_done = False
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
-        self._executor = ThreadPoolExecutor(max_workers=config.worker.concurrency, thread_name_prefix="job")
+        self._threads: _JobThreads | None = None
         self._link = BrokerLink(
             ioloop=self._ioloop,
             amqp=config.amqp,
@@ -152,6 +185,7 @@ class Daemon:
             )
             self._shutdown_helpers()
             return int(ExitCode.UNAVAILABLE)
+        self._threads = _JobThreads(cfg.worker.concurrency)
         self._install_signals()
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
@@ -229,7 +263,7 @@ class Daemon:
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
         self._notifier.status(f"waiting for the broker: {reason}"[:200])
-        if self._draining and not self._active:
+        if self._draining and not self._active and not self._publishing:
             self._link.close()
 
     def _on_message(self, delivery: Delivery) -> None:
@@ -247,7 +281,8 @@ class Daemon:
         if key is not None:
             self._inflight[key] = entry
         self._active.add(entry)
-        self._executor.submit(self._work, entry, delivery, route)
+        assert self._threads is not None
+        self._threads.submit(partial(self._work, entry, delivery, route))
 
     def _work(self, entry: _InFlight, delivery: Delivery, route: ReplyRoute) -> None:
         assert self._runner is not None
@@ -266,7 +301,13 @@ class Daemon:
             # Its channel died: the broker redelivers it and the journal answers with the stored reply.
             log.info("outcome_deferred", message_id=entry.key, status=outcome.status)
         else:
-            _Publication(self, entry, outcome, live).start()
+            publication = _Publication(self, entry, outcome, live)
+            self._publishing.add(publication)
+            publication.start()
+        self._maybe_finish_drain()
+
+    def _published(self, publication: _Publication) -> None:
+        self._publishing.discard(publication)
         self._maybe_finish_drain()
 
     def _publish_update_threadsafe(self, route: ReplyRoute, body: bytes, status: str) -> None:
@@ -341,23 +382,34 @@ class Daemon:
         self._maybe_finish_drain()
 
     def _maybe_finish_drain(self) -> None:
+        # Done when every job has ended and every reply is confirmed and its request acknowledged: closing
+        # the connection earlier would hand back requests whose replies are already out.
         if not self._draining:
             return
-        if self._active and time.monotonic() < self._drain_deadline:
+        busy = bool(self._active or self._publishing)
+        if busy and time.monotonic() < self._drain_deadline:
             return
-        if self._active:
+        if busy:
             handed_back = 0
             for entry in list(self._active):
                 for delivery in entry.deliveries:
                     handed_back += int(self._link.requeue(delivery))
-            log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._active))
+            for publication in list(self._publishing):
+                handed_back += publication.hand_back()
+            log.warning(
+                "drain_timeout", handed_back=handed_back, in_flight=len(self._active), publishing=len(self._publishing)
+            )
             self._exit_reason += f" (timeout: {handed_back} handed back)"
             self._active.clear()
+            self._publishing.clear()
         self._link.close()
 
     def _shutdown_helpers(self) -> None:
         self._gate.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._runner is not None:
+            self._runner.stop()  # jobs still running were handed back: let their threads end quietly
+        if self._threads is not None:
+            self._threads.shutdown()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         if self._journal is not None:
@@ -376,6 +428,8 @@ class _Publication:
         self._live = live
         self._waiting = 0
         self._failed = False
+        self._started = False
+        self._done = False
 
     def start(self) -> None:
         outcome = self._outcome
@@ -383,7 +437,8 @@ class _Publication:
             self._publish_reply(outcome.route.reply_to or self._amqp.reply_queue, unroutable_from=None)
         if outcome.dead_letter is not None:
             self._publish_dead_letter(outcome.dead_letter.code, outcome.dead_letter.message, outcome.dead_letter.body)
-        if self._waiting == 0 and not self._failed:
+        self._started = True
+        if self._waiting == 0:
             self._finish()
 
     def _publish_reply(self, queue: str, *, unroutable_from: str | None) -> None:
@@ -442,6 +497,8 @@ class _Publication:
         if not self._link.publish(routing_key=queue, body=body, properties=props, on_done=done):
             self._waiting -= 1
             self._failed = True  # no channel: the delivery dies with it and comes back
+            if self._waiting == 0 and self._started:
+                self._finish()
 
     def _settle(self, confirmed: bool, *, what: str) -> None:
         if not confirmed:
@@ -453,13 +510,22 @@ class _Publication:
             self._finish()
 
     def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
         if self._failed:
             # Nacked or lost: hand the request back; a redelivery re-publishes the journal's reply.
             for delivery in self._live:
                 self._link.requeue(delivery)
-            return
-        for delivery in self._live:
-            self._link.ack(delivery)
+        else:
+            for delivery in self._live:
+                self._link.ack(delivery)
+        self._daemon._published(self)
+
+    def hand_back(self) -> int:
+        """The drain timeout: give the request back now, whatever its confirms say; returns how many."""
+        self._done = True
+        return sum(int(self._link.requeue(delivery)) for delivery in self._live)
 
 
 def _peek_status(outcome: Outcome) -> dict[str, Any]:
