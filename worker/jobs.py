@@ -7,6 +7,8 @@ it a body and properties and gets an Outcome back.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +42,17 @@ log = structlog.get_logger("worker.jobs")
 T = TypeVar("T")
 
 _RESULTS_WAIT_S = 5.0  # how long finished-but-not-yet-readable results are waited for
+# A request becomes a suspect once a worker process has died this many times while running it. One
+# crash proves little (kill -9, OOM, a power cut: everything in flight was running), and holding its
+# companions back would only keep them unacknowledged for the next crash to count again; a second crash
+# with the same request running is worth isolating it. Innocent companions of a poison request are counted
+# by the broker at most about three times (twice beside it, once while waiting behind it), so a delivery
+# limit of 4 or more spares them.
+SUSPECT_AFTER_CRASHES = 2
+# After a restart the broker redelivers a burst: a request that already crashed a worker while running as
+# the one suspect waits this long after the first suspect of the burst arrived, so that the others (which
+# rank before it) are in line by the time the line is free.
+SUSPECT_GRACE_S = 0.5
 
 
 class Abandoned(Exception):
@@ -94,6 +107,60 @@ class DurationEstimator:
         with self._lock:
             old = self._estimates.get(model)
             self._estimates[model] = seconds if old is None else old + self._alpha * (seconds - old)
+
+
+class SuspectLine:
+    """Runs suspects (requests that were running when worker processes died) one at a time.
+
+    Every request in flight when a process dies comes back with a higher delivery count, whichever of them
+    killed it. Run together again, a poison request would take the same innocent ones down with it each
+    time, until they all reached the delivery limit. Run one at a time, the poison dies alone: the journal
+    marks it (a crash while it ran as the one suspect), and the others, ranked by those marks, go first the
+    next time. Other requests are not held by this line: they run beside the one suspect.
+    """
+
+    def __init__(self, *, grace_s: float = SUSPECT_GRACE_S) -> None:
+        self._grace_s = grace_s
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # (rank, arrival), a heap
+        self._arrival = itertools.count()
+        self._busy = False
+        self._stopped = False
+        self._first_arrival: float | None = None
+
+    def acquire(self, rank: int) -> None:
+        """Wait for this suspect's turn: lowest rank first, then arrival; raises Abandoned on stop()."""
+        ticket = (rank, next(self._arrival))
+        with self._cond:
+            if self._first_arrival is None:
+                self._first_arrival = time.monotonic()
+            not_before = self._first_arrival + (self._grace_s if rank > 0 else 0.0)
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while True:
+                    if self._stopped:
+                        raise Abandoned
+                    wait_s = not_before - time.monotonic()
+                    if not self._busy and self._waiting[0] == ticket and wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s if wait_s > 0 else None)
+            except BaseException:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._cond.notify_all()
+                raise
+            heapq.heappop(self._waiting)
+            self._busy = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
 
 
 class EdgeGate:
@@ -175,10 +242,12 @@ class JobRunner:
         self._publish_update = publish_update
         self.estimator = DurationEstimator()
         self._stopping = threading.Event()
+        self.suspects = SuspectLine()
 
     def stop(self) -> None:
         """The worker exits: jobs still running are abandoned (their requests were handed back)."""
         self._stopping.set()
+        self.suspects.stop()
 
     def _pause(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
@@ -227,11 +296,12 @@ class JobRunner:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
         entry = None
+        # Requests without an id are tracked by their body: enough to count deliveries and crashes, never to
+        # resume or replay (two producers may send the same bytes).
+        tracking_key = key or "sha256:" + hashlib.sha256(body).hexdigest()
         if self._journal is not None:
-            journal_key = key or ("sha256:" + hashlib.sha256(body).hexdigest() if self._counting_in_journal else None)
-            if journal_key is not None:
-                entry = self._journal.record_delivery(journal_key)
-            if entry is not None and entry.reply is not None and key is not None:
+            entry = self._journal.record_delivery(tracking_key)
+            if entry.reply is not None and key is not None:
                 bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
                 return Outcome(route=route, status="REPLAYED", reply=entry.reply)
         deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
@@ -242,11 +312,28 @@ class JobRunner:
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
         journal_key = key if entry is not None else None
-        return self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
-
-    @property
-    def _counting_in_journal(self) -> bool:
-        return self._settings.count_deliveries_in_journal
+        suspect = entry is not None and entry.crashes >= SUSPECT_AFTER_CRASHES
+        if suspect:
+            assert entry is not None
+            bound.warning(
+                "job_suspect",
+                reason="a worker process died while running this request; it runs alone among suspects",
+                crashes=entry.crashes,
+                isolated_crashes=entry.isolated_crashes,
+                deliveries=deliveries,
+            )
+            self.suspects.acquire(rank=entry.isolated_crashes)
+        try:
+            if self._journal is not None:
+                self._journal.record_running(tracking_key, isolated=suspect)
+            try:
+                return self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
+            finally:
+                if self._journal is not None:
+                    self._journal.record_stopped(tracking_key)
+        finally:
+            if suspect:
+                self.suspects.release()
 
     def _delivery_count(self, properties: Any, journal_count: int) -> int:
         """This delivery's number, counting from 1: the quorum queue's header, or the journal's count."""

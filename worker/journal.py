@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,16 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_updated ON requests (updated_at);
 """
 
+# Columns added after the first schema; a journal file from before gets them on opening.
+_ADDED_COLUMNS = {
+    "running_by": "TEXT",  # the process running this request now ("<pid>:<random>"), else NULL
+    "running_isolated": "INTEGER NOT NULL DEFAULT 0",  # whether it runs as the one suspect (see jobs.py)
+    "crashes": "INTEGER NOT NULL DEFAULT 0",  # times a worker process died while running it
+    "isolated_crashes": "INTEGER NOT NULL DEFAULT 0",  # ... while running it as the one suspect
+}
+
+_COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes"
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
@@ -30,10 +42,16 @@ class JournalEntry:
     deliveries: int
     started_at: float
     reply: bytes | None
+    crashes: int = 0
+    isolated_crashes: int = 0
 
 
 class Journal:
     """Request key → edge job id, submission count, delivery count and the final reply, until expiry.
+
+    It also knows which process is running each request: a redelivered request whose last run belonged to
+    a process that is gone was running when that process died, which is how a request that kills the
+    worker is told apart from the ones that only happened to run beside it.
 
     One connection shared by the worker threads behind a lock: every write is a single short statement, and
     WAL with synchronous=NORMAL keeps each commit durable against a process crash (the failure we guard).
@@ -44,37 +62,106 @@ class Journal:
         self.path = path
         self._retention_s = retention_s
         self._lock = threading.Lock()
+        self._closed = False
+        self.process_token = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, retention_s: float) -> Journal:
         return cls(Path(state_dir) / "journal.sqlite3", retention_s=retention_s)
 
+    def _select(self, key: str) -> JournalEntry | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM requests WHERE key = ?", (key,)).fetchone()
+        return None if row is None else JournalEntry(*row)
+
     def get(self, key: str) -> JournalEntry | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT key, job_id, submits, deliveries, started_at, reply FROM requests WHERE key = ?", (key,)
-            ).fetchone()
-        if row is None:
-            return None
-        return JournalEntry(row[0], row[1], row[2], row[3], row[4], row[5])
+            return self._select(key)
 
     def record_delivery(self, key: str) -> JournalEntry:
-        """Count one more delivery of this key (creating the entry) and return the entry as it now stands."""
+        """Count one more delivery of this key (creating the entry) and return the entry as it now stands.
+
+        When the entry says a process that no longer exists was running it, that process died with it: the
+        crash is counted here.
+        """
         now = time.time()
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO requests (key, deliveries, started_at, updated_at) VALUES (?, 1, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET deliveries = deliveries + 1, updated_at = excluded.updated_at",
+                    (key, now, now),
+                )
+                row = self._db.execute(
+                    "SELECT running_by, running_isolated FROM requests WHERE key = ?", (key,)
+                ).fetchone()
+                if row[0] is not None and not self._alive(row[0]):
+                    self._db.execute(
+                        "UPDATE requests SET crashes = crashes + 1, isolated_crashes = isolated_crashes + ?, "
+                        "running_by = NULL, running_isolated = 0 WHERE key = ?",
+                        (1 if row[1] else 0, key),
+                    )
+                entry = self._select(key)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        assert entry is not None
+        return entry
+
+    def _alive(self, token: str) -> bool:
+        """Whether the process that wrote this running mark may still be running it."""
+        if token == self.process_token:
+            return True
+        pid_text, _, _ = token.partition(":")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if pid == os.getpid():
+            return False  # our pid, another token: an earlier process with the same pid (a container restart)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True  # another live worker sharing this state_dir (or a process that reused the pid)
+
+    def record_running(self, key: str, *, isolated: bool) -> None:
+        """This process starts running the request: if it dies before record_stopped, the next one knows."""
+        with self._lock:
             self._db.execute(
-                "INSERT INTO requests (key, deliveries, started_at, updated_at) VALUES (?, 1, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET deliveries = deliveries + 1, updated_at = excluded.updated_at",
-                (key, now, now),
+                "UPDATE requests SET running_by = ?, running_isolated = ?, updated_at = ? WHERE key = ?",
+                (self.process_token, 1 if isolated else 0, time.time(), key),
             )
-            row = self._db.execute(
-                "SELECT key, job_id, submits, deliveries, started_at, reply FROM requests WHERE key = ?", (key,)
-            ).fetchone()
-        return JournalEntry(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    def record_stopped(self, key: str) -> None:
+        """The run ended (finished, failed, or handed back) without the process dying."""
+        with self._lock:
+            if self._closed:
+                return
+            self._db.execute(
+                "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE key = ? AND running_by = ?",
+                (key, self.process_token),
+            )
+
+    def release_all(self) -> int:
+        """At a clean exit: the requests this process still runs were handed back, not crashed with."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE running_by = ?",
+                (self.process_token,),
+            )
+        return cursor.rowcount
 
     def record_job(self, key: str, job_id: str) -> None:
         """The edge accepted a job for this key: from now on a redelivery resumes it."""
@@ -113,4 +200,6 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._db.close()
