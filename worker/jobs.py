@@ -312,6 +312,13 @@ class JobRunner:
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
         journal_key = key if entry is not None else None
+        if entry is not None and entry.submitting and key is not None:
+            bound.warning(
+                "edge_job_maybe_duplicated",
+                reason="a worker died while the edge was answering this request's submission: the edge may hold "
+                "a job whose id never reached the journal; submitting again",
+                previous_job_identifier=entry.job_id,
+            )
         suspect = entry is not None and entry.crashes >= SUSPECT_AFTER_CRASHES
         if suspect:
             assert entry is not None
@@ -369,7 +376,7 @@ class JobRunner:
                 if job_id is None:
                     if submits > self._settings.max_resubmits:
                         raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
-                    job = self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
+                    job = self._submit_recorded(request, deadline, key, bound)
                     job_id = job.job_identifier
                     submits += 1
                     bound = bound.bind(job_identifier=job_id)
@@ -417,6 +424,17 @@ class JobRunner:
             failed=job.failed,
         )
         return Outcome(route=route, status=reply["status"], reply=encoded)
+
+    def _submit_recorded(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
+        """Submit, with the journal marking the moment the edge may know a job the journal does not."""
+        if key is None or self._journal is None:
+            return self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
+        self._journal.record_submitting(key)
+        try:
+            return self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
+        except BaseException:
+            self._journal.record_submitting(key, False)
+            raise
 
     def _submit(self, request: JobRequest, deadline: float) -> EdgeJob:
         chunked = self._settings.upload == "chunked" or (

@@ -29,9 +29,10 @@ _ADDED_COLUMNS = {
     "running_isolated": "INTEGER NOT NULL DEFAULT 0",  # whether it runs as the one suspect (see jobs.py)
     "crashes": "INTEGER NOT NULL DEFAULT 0",  # times a worker process died while running it
     "isolated_crashes": "INTEGER NOT NULL DEFAULT 0",  # ... while running it as the one suspect
+    "submitting": "INTEGER NOT NULL DEFAULT 0",  # a submission was sent and its answer not yet recorded
 }
 
-_COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes"
+_COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes, submitting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class JournalEntry:
     reply: bytes | None
     crashes: int = 0
     isolated_crashes: int = 0
+    submitting: bool = False  # a process died between sending a submission and recording the edge's answer
 
 
 class Journal:
@@ -163,11 +165,20 @@ class Journal:
             )
         return cursor.rowcount
 
+    def record_submitting(self, key: str, submitting: bool = True) -> None:
+        """A submission is about to go out (True), or ended without a job (False).
+
+        The edge has no idempotency key and no job listing: if the process dies after the edge accepted a
+        job but before record_job, that job cannot be found again. This mark lets the next delivery say so.
+        """
+        with self._lock:
+            self._db.execute("UPDATE requests SET submitting = ? WHERE key = ?", (1 if submitting else 0, key))
+
     def record_job(self, key: str, job_id: str) -> None:
         """The edge accepted a job for this key: from now on a redelivery resumes it."""
         with self._lock:
             self._db.execute(
-                "UPDATE requests SET job_id = ?, submits = submits + 1, updated_at = ? WHERE key = ?",
+                "UPDATE requests SET job_id = ?, submits = submits + 1, submitting = 0, updated_at = ? WHERE key = ?",
                 (job_id, time.time(), key),
             )
 
