@@ -931,7 +931,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             Row(
                 f"large {size} MiB",
                 f"s end to end; peak RSS MiB ({how})",
-                f"{entry['seconds']:.2f} s; {entry['peak_rss_mib']:.0f} MiB",
+                f"{entry['seconds']:.2f} s; {entry['peak_rss_mib']:.0f} MiB (max {_max_peak(entry):.0f})",
                 f"bound {entry['bound_mib']:.0f} MiB",
                 f"{entry['peak_rss_x_payload']:.1f}x payload ({entry['growth_x_payload']:.1f}x above idle)",
             )
@@ -941,6 +941,10 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(Row("idle", f"CPU % of a core over {idle['seconds']:g} s", f"{idle['cpu_pct']:.4f}"))
         rows.append(Row("idle", "RSS MiB", f"{idle['rss_mib']:.1f}", f"peak {idle['peak_rss_mib']:.1f}"))
     return rows
+
+
+def _max_peak(entry: dict[str, Any]) -> float:
+    return float(max((r["peak_rss_mib"] for r in entry.get("runs", [])), default=entry["peak_rss_mib"]))
 
 
 def _calls(calls: dict[str, float]) -> str:
@@ -976,8 +980,8 @@ def build_targets(results: dict[str, Any]) -> list[Target]:
         else:
             passed = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
             targets.append(Target(name, wanted, fmt.format(value), passed))
-    big = max((int(k) for k in (s.get("large") or {}) if k.isdigit()), default=None)
-    large = _get(s, "large", str(big)) if big is not None else None
+    big = max((int(k) for k in (s.get("large") or {}) if k.isdigit()), default=max(results["plan"]["large_mib"]))
+    large = _get(s, "large", str(big))
     name = f"large: {big} MiB intact, peak RSS <= 2x payload + 60 MiB"
     if large:
         measured = f"{'intact' if large['intact'] else 'NOT intact'}, {large['peak_rss_mib']:.0f} MiB"
@@ -1188,7 +1192,8 @@ def write_report(results: dict[str, Any], out_dir: Path, plotted: bool) -> Path:
         "resumed; the window runs from SIGCONT to the arrival of the last final reply. CPU ms/job is the "
         "consumer's utime + stime (/proc/<pid>/stat) over that window divided by the jobs. Each consumer first "
         "runs unmeasured warm-up jobs.",
-        f"- overhead: emulator with no latency and unlimited slots, {results['plan']['overhead_jobs']} jobs a run. "
+        f"- overhead: emulator with no latency and unlimited slots, {results['plan']['overhead_jobs']} jobs a run "
+        f"({results['plan']['overhead_jobs_c1']} at concurrency 1). "
         "The naive baseline (bench/naive_consumer.py) consumes with prefetch 1, builds data URIs, `requests.post`s "
         "without a session, polls every 10 ms, fetches results, publishes on a confirming BlockingChannel, acks.",
         "- realistic / concurrency: emulator with 8 slots x 50 ms (ideal 160 jobs/s); one fresh worker per "
@@ -1213,6 +1218,15 @@ def write_report(results: dict[str, Any], out_dir: Path, plotted: bool) -> Path:
 # -- main --------------------------------------------------------------------------------------------
 
 
+def render(results_path: Path) -> int:
+    """Write report.md and throughput.png next to an existing results.json, without measuring anything."""
+    results = json.loads(results_path.read_text())
+    out_dir = results_path.parent
+    report = write_report(results, out_dir, plot_throughput(results, out_dir / "throughput.png"))
+    print(f"report: {report}")
+    return 0
+
+
 def _progress(message: str) -> None:
     print(f"  {message}", flush=True)
 
@@ -1226,7 +1240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer jobs and one run each (a smoke run)")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, help="where results go (default bench/results, or .../quick, .../partial)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="only redo the report and plot from a run")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(args.render)
     names = list(SCENARIOS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -1253,6 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_workdir = False
     try:
         try:
+            broker.server_version()  # connects: without a broker there is nothing to measure
             results["machine"] = machine_description(broker)
         except (pika.exceptions.AMQPError, OSError) as exc:
             print(f"bench: RabbitMQ is not reachable at {BROKER_URL}: {exc!r}", file=sys.stderr)
