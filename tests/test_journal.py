@@ -1,0 +1,224 @@
+"""The journal: what a redelivery needs (job id, reply, counts, crash marks), on disk, bounded, thread-safe."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import worker.journal as journal_module
+from worker.journal import Journal
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "journal.sqlite3"
+
+
+def test_a_delivery_creates_the_entry_and_each_one_counts(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    first = journal.record_delivery("m1")
+    assert (first.key, first.job_id, first.submits, first.deliveries, first.reply) == ("m1", None, 0, 1, None)
+    assert journal.record_delivery("m1").deliveries == 2
+    assert journal.record_delivery("m2").deliveries == 1
+    assert journal.count() == 2
+
+
+def test_the_job_id_and_the_reply_are_what_a_redelivery_resumes_from(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    journal.record_delivery("m1")
+    journal.record_job("m1", "job-a")
+    entry = journal.record_delivery("m1")
+    assert (entry.job_id, entry.submits, entry.reply) == ("job-a", 1, None)
+    journal.record_job("m1", "job-b")  # the edge forgot job-a: resubmitted
+    journal.record_reply("m1", b"\x81\xa6status\xa8COMPLETE")
+    entry = journal.record_delivery("m1")
+    assert (entry.job_id, entry.submits, entry.reply) == ("job-b", 2, b"\x81\xa6status\xa8COMPLETE")
+
+
+def test_everything_survives_closing_and_reopening(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    journal.record_delivery("m1")
+    journal.record_job("m1", "job-a")
+    journal.record_reply("m1", b"reply")
+    journal.close()
+    journal.close()  # closing twice is harmless
+    reopened = Journal(path, retention_s=60)
+    entry = reopened.get("m1")
+    assert entry is not None and (entry.job_id, entry.reply, entry.deliveries) == ("job-a", b"reply", 1)
+
+
+def test_the_file_is_in_wal_mode(path: Path) -> None:
+    Journal(path, retention_s=60).record_delivery("m1")
+    other = sqlite3.connect(str(path))
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert Path(str(path) + "-wal").exists()
+
+
+def test_every_commit_survives_a_killed_process(path: Path) -> None:
+    """WAL with synchronous=NORMAL: a commit is in the file before the call returns, whatever happens next."""
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from worker.journal import Journal\n"
+        "j = Journal(Path(sys.argv[1]), retention_s=60)\n"
+        "j.record_delivery('m1'); j.record_job('m1', 'job-a'); j.record_reply('m1', b'reply')\n"
+        "os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(path)], check=False).returncode == 9
+    entry = Journal(path, retention_s=60).get("m1")
+    assert entry is not None and (entry.job_id, entry.reply) == ("job-a", b"reply")
+
+
+def test_expiry_drops_finished_entries_after_the_retention_and_unfinished_ones_much_later(path: Path) -> None:
+    journal = Journal(path, retention_s=100)
+    for key in ("finished", "unfinished"):
+        journal.record_delivery(key)
+    journal.record_reply("finished", b"reply")
+    written = journal.get("finished")
+    assert written is not None
+    now = written.started_at
+    assert journal.expire(now=now + 50, unfinished_after_s=1000) == 0
+    assert journal.expire(now=now + 101, unfinished_after_s=1000) == 1  # finished, past the retention
+    assert journal.get("finished") is None and journal.get("unfinished") is not None
+    # An unfinished entry may belong to a job still running: kept until unfinished_after_s.
+    assert journal.expire(now=now + 999, unfinished_after_s=1000) == 0
+    assert journal.expire(now=now + 1001, unfinished_after_s=1000) == 1
+    assert journal.count() == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_journal_stays_bounded_under_a_steady_stream(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(journal_module, "time", clock)
+    journal = Journal(path, retention_s=10)
+    for second in range(100):  # 100 seconds of 20 requests each (one never finishes), expiring as the daemon does
+        clock.now += 1
+        for n in range(20):
+            key = f"r{second}-{n}"
+            journal.record_delivery(key)
+            if n:
+                journal.record_reply(key, b"x" * 100)
+        journal.expire(unfinished_after_s=30)
+        assert journal.count() <= 11 * 19 + 31  # the retention's worth, not the history
+
+
+def test_concurrent_use_from_threads_loses_no_update(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for n in range(200):
+                journal.record_delivery("shared")
+                key = f"t{thread}-{n}"
+                journal.record_delivery(key)
+                journal.record_running(key, isolated=False)
+                journal.record_job(key, f"job-{thread}-{n}")
+                journal.record_reply(key, b"reply")
+                journal.record_stopped(key)
+        except Exception as exc:  # noqa: BLE001 -- a thread's failure is asserted below, not lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    shared = journal.get("shared")
+    assert shared is not None and shared.deliveries == 8 * 200
+    assert journal.count() == 8 * 200 + 1
+    entry = journal.get("t7-199")
+    assert entry is not None and (entry.job_id, entry.reply, entry.crashes) == ("job-7-199", b"reply", 0)
+
+
+# -- crash marks ------------------------------------------------------------------------------------------
+
+
+def test_a_request_running_when_its_process_died_counts_a_crash(path: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from worker.journal import Journal\n"
+        "j = Journal(Path(sys.argv[1]), retention_s=60)\n"
+        "j.record_delivery('poison'); j.record_running('poison', isolated=True)\n"
+        "j.record_delivery('done'); j.record_running('done', isolated=False); j.record_stopped('done')\n"
+        "os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(path)], check=False).returncode == 9
+    journal = Journal(path, retention_s=60)
+    poison = journal.record_delivery("poison")
+    assert (poison.deliveries, poison.crashes, poison.isolated_crashes) == (2, 1, 1)
+    assert journal.record_delivery("poison").crashes == 1  # counted once: the mark is cleared
+    done = journal.record_delivery("done")
+    assert (done.deliveries, done.crashes) == (2, 0)
+
+
+def test_a_mark_of_this_process_or_of_a_live_one_is_not_a_crash(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    journal.record_delivery("m1")
+    journal.record_running("m1", isolated=False)
+    assert journal.record_delivery("m1").crashes == 0  # still ours: a redelivery while we run it
+    other = Journal(path, retention_s=60)
+    other.process_token = "1:another-worker"  # pid 1 is alive: another worker sharing the state_dir
+    other.record_running("m1", isolated=False)
+    assert journal.record_delivery("m1").crashes == 0
+
+
+def test_our_pid_with_another_token_is_an_earlier_process_that_died(path: Path) -> None:
+    """In a container the restarted worker gets the same pid as the one that died."""
+    earlier = Journal(path, retention_s=60)
+    earlier.record_delivery("m1")
+    earlier.record_running("m1", isolated=False)
+    later = Journal(path, retention_s=60)
+    assert earlier.process_token != later.process_token
+    assert later.record_delivery("m1").crashes == 1
+
+
+def test_a_clean_exit_releases_what_was_handed_back(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    for key in ("a", "b"):
+        journal.record_delivery(key)
+        journal.record_running(key, isolated=False)
+    assert journal.release_all() == 2
+    journal.close()
+    journal.record_stopped("a")  # a job thread ending after the close is harmless
+    later = Journal(path, retention_s=60)
+    assert later.record_delivery("a").crashes == 0
+
+
+def test_a_submission_in_flight_is_remembered_until_the_job_is_recorded(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    journal.record_delivery("m1")
+    journal.record_submitting("m1")
+    assert journal.record_delivery("m1").submitting
+    journal.record_job("m1", "job-a")
+    assert not journal.record_delivery("m1").submitting
+    journal.record_submitting("m1")
+    journal.record_submitting("m1", False)  # the submission failed in-process: no job at the edge
+    assert not journal.record_delivery("m1").submitting
+
+
+def test_a_journal_file_from_before_the_crash_columns_is_upgraded(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(str(path))
+    old.executescript(
+        "CREATE TABLE requests (key TEXT PRIMARY KEY, job_id TEXT, submits INTEGER NOT NULL DEFAULT 0, "
+        "deliveries INTEGER NOT NULL DEFAULT 0, started_at REAL NOT NULL, reply BLOB, updated_at REAL NOT NULL);"
+        "INSERT INTO requests VALUES ('m1', 'job-a', 1, 1, 0, NULL, 0);"
+    )
+    old.close()
+    entry = Journal(path, retention_s=60).record_delivery("m1")
+    assert (entry.job_id, entry.deliveries, entry.crashes, entry.submitting) == ("job-a", 2, 0, False)
