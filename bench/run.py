@@ -1,7 +1,7 @@
 """The benchmark of issue 4: edge-worker against the real broker and the edge emulator, as separate processes.
 
-    python -m bench.run            # the full run (about 6 minutes); writes bench/results/
-    python -m bench.run --quick    # a smoke run (about 2 minutes); writes bench/results/quick/
+    python -m bench.run            # the full run (about 5 minutes); writes bench/results/
+    python -m bench.run --quick    # a smoke run (under a minute); writes bench/results/quick/
 
 The benchmark process, the emulator (`python -m worker emulator`) and the consumer under test (`python -m worker
 run`, or the naive baseline `python -m bench.naive_consumer`) are three processes, so none shares another's GIL.
@@ -1056,7 +1056,7 @@ def plot_throughput(results: dict[str, Any], path: Path) -> bool:
         label="edge-worker (median, min-max)",
     )
     for x, y in zip(xs, ys, strict=True):
-        ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+        ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(6, -12), ha="left", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("worker concurrency (worker.concurrency)")
