@@ -212,8 +212,9 @@ class Broker:
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 self._connection.close()
+        self._connection = None
 
     def sleep(self, seconds: float) -> None:
         """Wait while keeping the connection's heartbeats going."""
@@ -360,12 +361,14 @@ class Emulator:
     url: str
 
     def stats(self) -> dict[str, Any]:
+        self.child.check("asked for its stats")
         response = requests.get(f"{self.url}/_emulator/stats", timeout=30)
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats
 
     def reset(self) -> None:
+        self.child.check("asked to reset its stats")
         requests.post(f"{self.url}/_emulator/reset", timeout=30).raise_for_status()
 
 
@@ -384,8 +387,14 @@ class Scope:
     def __exit__(self, *_exc: object) -> None:
         for child in reversed(self.children):
             child.stop()
-        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-            self.bench.broker.delete(self.queue_names)
+        for _ in range(2):  # the connection may have died with the scenario: the second try reconnects
+            try:
+                self.bench.broker.delete(self.queue_names)
+                return
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                error = exc
+                self.bench.broker.close()
+        print(f"  could not delete queues {', '.join(self.queue_names)}: {error!r}", flush=True)
 
     def queues(self) -> Queues:
         q = Queues(prefix=f"bench.{self.name}.{uuid.uuid4().hex[:8]}")
