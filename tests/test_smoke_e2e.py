@@ -13,7 +13,9 @@ def test_bytes_request_completes_with_intact_inputs(
 ) -> None:
     worker = worker_factory(emulator.url).start()
     image = bytes(range(256)) * 40
-    mid = producer.publish({"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"cam-1": {"image": image}}})
+    mid = producer.publish(
+        {"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"cam-1": {"image": image}}}
+    )
     finals = collector.wait_finals(1)
     reply = finals[mid][0]
     assert reply["status"] == "COMPLETE"

@@ -126,9 +126,7 @@ def test_security_exposure_is_at_most_1_5() -> None:
     assert exposure <= MAX_EXPOSURE, f"exposure {exposure} > {MAX_EXPOSURE}:\n{result.stdout}"
 
     # systemd's own threshold check agrees (its scale is ten times the printed one).
-    threshold = _systemd_analyze(
-        "security", "--offline=yes", f"--threshold={round(MAX_EXPOSURE * 10)}", str(UNIT_PATH)
-    )
+    threshold = _systemd_analyze("security", "--offline=yes", f"--threshold={round(MAX_EXPOSURE * 10)}", str(UNIT_PATH))
     assert threshold.returncode == 0, threshold.stdout
 
 
