@@ -135,8 +135,9 @@ class WorkerProcess:
     _read_pos: int = 0
 
     def start(self, *, wait_ready: bool = True, timeout_s: float = 20.0) -> WorkerProcess:
+        # The log file is appended to across restarts: read only what this process writes.
         self._lines.clear()
-        self._read_pos = 0
+        self._read_pos = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT

@@ -209,11 +209,6 @@ def test_waiting_for_an_unreachable_broker_is_reported_then_exit_69(
     assert worker.events("broker_unreachable")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/broker.py _describe_error() uses str() of pika's wrapper exceptions, which is empty: "
-    "STATUS says 'waiting for the broker: AMQPConnectionError: ' without the cause (connection refused)",
-)
 def test_status_names_why_the_broker_is_unreachable(
     path_listener: NotifyListener, emulator: Any, worker_factory: Any
 ) -> None:

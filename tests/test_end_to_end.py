@@ -646,6 +646,32 @@ def test_request_is_not_acknowledged_until_its_reply_is_confirmed(
     assert emulator.stats()["jobs_submitted"] == 1  # every redelivery replayed the journal's reply
 
 
+def test_refused_reply_is_retried_while_the_request_is_held_not_dead_lettered(
+    emulator: EdgeEmulator, worker_factory: Any, producer: Producer, queues: Queues, broker_url: str
+) -> None:
+    # A reply queue that is momentarily full: the worker keeps the request (default delivery limit) and
+    # publishes the reply again with backoff, instead of handing it back until the limit dead-letters it.
+    full = f"{queues.prefix}.full-replies"
+    queues.extra.append(full)
+    with channel(broker_url) as ch:
+        ch.queue_declare(full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.confirm_delivery()
+        ch.basic_publish("", full, pack({"filler": True}), pika.BasicProperties(correlation_id="filler"))
+    worker = worker_factory(emulator.url).start()
+    mid = producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"held"}}}, reply_to=full)
+    worker.wait_for_event("publish_retry", count=2, timeout_s=20)
+    assert producer.message_count(queues.dead_letter_queue) == 0
+    retry = worker.events("publish_retry")[0]
+    assert retry["message_id"] == mid and retry["job_identifier"] and retry["model"] == "sha256"
+    assert [props.correlation_id for props, _ in producer.drain(full)] == ["filler"]  # make room
+    replies = ReplyCollector(producer, full)
+    assert only_final(replies, mid, timeout_s=30)["status"] == "COMPLETE"
+    assert producer.message_count(queues.dead_letter_queue) == 0
+    assert emulator.stats()["jobs_submitted"] == 1
+    assert worker.terminate() == 0
+    assert producer.message_count(queues.queue) == 0  # acknowledged once the reply got through
+
+
 # -- failing jobs -----------------------------------------------------------------------------------
 
 
@@ -739,12 +765,6 @@ def assert_no_payload_in(raw: bytes, canary: bytes, text_canary: str) -> None:
         assert needle not in raw, f"the log contains the {what}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in worker/broker.py, jobs.py, service.py: at log.level=debug pika logs the repr of the callbacks "
-    "it schedules (add_callback_threadsafe / process_timeouts), and Delivery.body, DeadLetter.body and "
-    "Outcome.reply are dataclass fields with repr=True, so the request bytes land in the log",
-)
 def test_debug_logs_never_contain_the_payload(
     emulator: EdgeEmulator, worker_factory: Any, producer: Producer, collector: ReplyCollector
 ) -> None:
@@ -788,12 +808,6 @@ def test_input_above_the_embed_limit_is_uploaded_in_chunks_and_arrives_intact(
     assert stats["rejected_too_large"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in worker/service.py: _Publication logs reply_unroutable (and publish_not_confirmed, "
-    "dead_letter_unroutable) with the module logger, without the job's request_id, correlation_id, "
-    "message_id, job_identifier, model and version",
-)
 def test_reply_path_log_lines_carry_the_job_context(
     emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, queues: Queues
 ) -> None:

@@ -271,7 +271,7 @@ def test_healthcheck_exits_1_naming_the_edge_when_it_is_down(broker_url: str, em
 def test_healthcheck_exits_1_naming_the_broker_when_it_is_unreachable(broker_url: str, emulator: Any) -> None:
     result = run_healthcheck("amqp://guest:guest@127.0.0.1:1/%2F", emulator.url)
     assert result.returncode == 1
-    assert result.stdout == "unhealthy: broker amqp://guest:****@127.0.0.1:1/%2F unreachable (AMQPConnectionError)\n"
+    assert result.stdout == "unhealthy: broker amqp://guest:****@127.0.0.1:1/%2F unreachable (ConnectionRefusedError)\n"
     assert result.stderr == ""
 
 

@@ -182,12 +182,6 @@ def test_mutual_tls_presents_the_client_certificate(
     assert "peer did not return a certificate" in front.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/broker.py _describe_error() logs str(AMQPConnectionWorkflowFailed), which is empty: "
-    "broker_connect_failed says 'AMQPConnectionWorkflowFailed: ' instead of the TLS error "
-    "(only pika's own lines name it)",
-)
 def test_the_workers_own_log_line_names_the_tls_failure(
     tls_front: Callable[..., StunnelFront], tls_files: TlsFiles, emulator: Any, worker_factory: Any
 ) -> None:

@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 import structlog
 from pika.adapters.select_connection import IOLoop
+from pika.adapters.utils import connection_workflow
 
 from worker.config import AmqpConfig, broker_urls, describe_url
 from worker.edge import backoff_delay
@@ -38,7 +39,7 @@ class Delivery:
 
     channel: Any
     tag: int
-    body: bytes
+    body: bytes = field(repr=False)  # payload bytes never reach a log line, not even pika's debug reprs
     properties: Any
     redelivered: bool
 
@@ -196,10 +197,10 @@ class BrokerLink:
         self._ioloop.call_later(delay, self._connect)
 
     def _on_connection_open_error(self, _connection: Any, error: BaseException) -> None:
-        self._schedule_reconnect(_describe_error(error))
+        self._schedule_reconnect(describe_error(error))
 
     def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
-        self._schedule_reconnect(_describe_error(reason))
+        self._schedule_reconnect(describe_error(reason))
 
     def _on_connection_open(self, connection: Any) -> None:
         connection.add_on_connection_blocked_callback(lambda *_: log.warning("broker_flow_blocked"))
@@ -293,7 +294,7 @@ class BrokerLink:
         # connection, on which the broker redelivers what we had not acknowledged.
         if self._closing and channel is self._consume_channel:
             return
-        self._close_connection(f"channel closed: {_describe_error(reason)}")
+        self._close_connection(f"channel closed: {describe_error(reason)}")
 
     def _on_broker_cancel(self, _frame: Any) -> None:
         # The broker cancels a consumer when its queue is deleted or moves (quorum leader change).
@@ -418,7 +419,27 @@ class BrokerLink:
             self._ioloop.stop()
 
 
-def _describe_error(error: BaseException) -> str:
+def root_cause(error: BaseException) -> BaseException:
+    """The error under pika's connection-workflow wrappers, whose own text is empty."""
+    for _ in range(5):
+        if isinstance(error, connection_workflow.AMQPConnectionWorkflowFailed) and error.exceptions:
+            error = error.exceptions[-1]
+        elif isinstance(error, connection_workflow.AMQPConnectorPhaseErrorBase):
+            error = error.exception
+        elif (
+            isinstance(error, pika.exceptions.AMQPConnectionError)
+            and len(error.args) == 1
+            and isinstance(error.args[0], BaseException)
+        ):
+            error = error.args[0]
+        else:
+            break
+    return error
+
+
+def describe_error(error: BaseException) -> str:
+    """One short line naming why a connection or channel went away (never a password: pika puts none there)."""
+    error = root_cause(error)
     if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
         return f"closed by broker: {error.reply_code} {error.reply_text}"
     if isinstance(error, pika.exceptions.ChannelClosed):

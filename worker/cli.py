@@ -95,7 +95,7 @@ def _healthcheck(config: Config) -> int:
     import pika  # noqa: PLC0415
     import pika.exceptions  # noqa: PLC0415
 
-    from worker.broker import connection_parameters  # noqa: PLC0415
+    from worker.broker import connection_parameters, root_cause  # noqa: PLC0415
     from worker.service import make_edge_client  # noqa: PLC0415
 
     problems: list[str] = []
@@ -109,7 +109,7 @@ def _healthcheck(config: Config) -> int:
             broker_ok = True
             break
         except (pika.exceptions.AMQPError, OSError) as exc:
-            problems.append(f"broker {describe_url(display)} unreachable ({type(exc).__name__})")
+            problems.append(f"broker {describe_url(display)} unreachable ({type(root_cause(exc)).__name__})")
     edge = make_edge_client(config)
     edge_ok, why = edge.answers()
     if not edge_ok:

@@ -257,8 +257,8 @@ class EdgeClient:
             reason = str(exc)
             if "RemoteDisconnected" in reason or "Connection aborted" in reason:
                 raise EdgeUnavailable(
-                    f"edge at {self.base_url} closed the connection without an HTTP answer: the port may be "
-                    "gRPC-only; edge.url must point at the HTTP gateway"
+                    f"edge at {self.base_url} closed the connection without an HTTP answer to {name}: a gRPC-only "
+                    "port does this (edge.url must point at the HTTP gateway), and so does an edge restarting"
                 ) from None
             raise EdgeUnavailable(f"edge at {self.base_url} unreachable: {type(exc).__name__}") from None
         except requests.exceptions.Timeout:

@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -61,7 +61,7 @@ class Abandoned(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    body: bytes
+    body: bytes = field(repr=False)  # payload bytes never reach a log line
     code: str
     message: str
 
@@ -72,7 +72,7 @@ class Outcome:
 
     route: ReplyRoute
     status: str
-    reply: bytes | None = None
+    reply: bytes | None = field(default=None, repr=False)
     dead_letter: DeadLetter | None = None
     requeue: bool = False  # hand the delivery back instead of replying
 
@@ -283,7 +283,7 @@ class JobRunner:
             )
             reply = empty_reply(route, status="REJECTED", final=True)
             reply["error"] = exc.as_reply_error()
-            bound.info("job_finished", status="REJECTED", duration_s=0.0, request_id=route.request_id)
+            bound.info("job_finished", status="REJECTED", code=exc.code, duration_s=0.0, request_id=route.request_id)
             return Outcome(
                 route=route,
                 status="REJECTED",

@@ -13,13 +13,14 @@ from functools import partial
 from types import FrameType
 from typing import Any
 
+import msgpack
 import pika
 import structlog
 from pika.adapters.select_connection import IOLoop
 
 from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
-from worker.edge import EdgeClient
+from worker.edge import EdgeClient, backoff_delay
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
 from worker.jobs import EdgeGate, JobRunner, JobSettings, Outcome
 from worker.journal import Journal
@@ -30,6 +31,13 @@ from worker.notify import SystemdNotifier
 log = structlog.get_logger("worker.service")
 
 TICK_S = 1.0
+# A reply the broker refuses is published again this many times (capped exponential backoff) before the
+# request is handed back; together about a minute, well inside any consumer timeout.
+PUBLISH_ATTEMPTS = 6
+PUBLISH_RETRY_CAP_S = 20.0
+# How often an idle worker asks the edge whether it answers, so that /healthz and the intake pause reflect
+# an edge that went away while nothing was running.
+IDLE_EDGE_PROBE_S = 15.0
 JOURNAL_EXPIRY_EVERY_S = 60.0
 
 
@@ -99,6 +107,8 @@ class Daemon:
         self._active: set[_InFlight] = set()
         self._publishing: set[_Publication] = set()
         self._last_expiry = 0.0
+        self._last_edge_probe = time.monotonic()
+        self._probing = threading.Event()
         self._startup_done = False
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
@@ -352,7 +362,21 @@ class Daemon:
                 log.info("journal_expired", entries=expired)
         if self._draining:
             self._maybe_finish_drain()
+        elif not self._active and self._gate.is_up and now - self._last_edge_probe >= IDLE_EDGE_PROBE_S:
+            self._last_edge_probe = now
+            if not self._probing.is_set():
+                self._probing.set()
+                threading.Thread(target=self._probe_idle_edge, name="edge-idle-probe", daemon=True).start()
         self._ioloop.call_later(TICK_S, self._tick)
+
+    def _probe_idle_edge(self) -> None:
+        """Off the loop: one probe; an edge that stopped answering while idle pauses intake like any outage."""
+        try:
+            answers, why = self._edge.answers()
+            if not answers:
+                self._gate.report_down(f"idle probe: {why}")
+        finally:
+            self._probing.clear()
 
     def _status_line(self) -> str:
         if self._draining:
@@ -433,8 +457,14 @@ class _Publication:
         self._failed = False
         self._started = False
         self._done = False
+        self._attempt = 0
+        self._retry_handle: Any = None
+        self._log = log.bind(**_log_context(entry, outcome))
 
     def start(self) -> None:
+        self._attempt += 1
+        self._failed = False
+        self._started = False
         outcome = self._outcome
         if outcome.reply is not None:
             self._publish_reply(outcome.route.reply_to or self._amqp.reply_queue, unroutable_from=None)
@@ -455,10 +485,10 @@ class _Publication:
             self._waiting -= 1
             if confirmed and returned:
                 if unroutable_from is None and queue != self._amqp.reply_queue:
-                    log.warning("reply_unroutable", reply_to=queue, fallback=self._amqp.reply_queue)
+                    self._log.warning("reply_unroutable", reply_to=queue, fallback=self._amqp.reply_queue)
                     self._publish_reply(self._amqp.reply_queue, unroutable_from=queue)
                     return
-                log.error("reply_unroutable", reply_to=queue, fallback=self._amqp.dead_letter_queue)
+                self._log.error("reply_unroutable", reply_to=queue, fallback=self._amqp.dead_letter_queue)
                 body = self._entry.deliveries[0].body
                 self._publish_dead_letter("REPLY_UNROUTABLE", f"no queue {queue!r} for the reply", body)
                 return
@@ -488,7 +518,7 @@ class _Publication:
         def done(confirmed: bool, returned: bool) -> None:
             self._waiting -= 1
             if returned:
-                log.error("dead_letter_unroutable", queue=self._amqp.dead_letter_queue)
+                self._log.error("dead_letter_unroutable", queue=self._amqp.dead_letter_queue)
             if confirmed and not returned:
                 self._daemon.metrics.dead_letters.labels(code=code).inc()
             self._settle(confirmed and not returned, what="dead_letter")
@@ -506,7 +536,7 @@ class _Publication:
     def _settle(self, confirmed: bool, *, what: str) -> None:
         if not confirmed:
             self._failed = True
-            log.warning("publish_not_confirmed", what=what, message_id=self._entry.key)
+            self._log.warning("publish_not_confirmed", what=what, attempt=self._attempt)
         elif what == "reply":
             self._daemon.metrics.replies.inc()
         if self._waiting == 0:
@@ -515,20 +545,58 @@ class _Publication:
     def _finish(self) -> None:
         if self._done:
             return
-        self._done = True
         if self._failed:
+            live = [d for d in self._live if self._link.is_live(d)]
+            if live and self._attempt < PUBLISH_ATTEMPTS and not self._daemon._draining:
+                # The broker refused it (a full reply queue with reject-publish, an internal error): try again
+                # later while we still hold the request, rather than requeueing it at once, which would burn
+                # through the delivery limit in milliseconds and dead-letter a request that has its answer.
+                delay = backoff_delay(self._attempt, base_s=0.5, cap_s=PUBLISH_RETRY_CAP_S) + 0.1
+                self._log.warning("publish_retry", attempt=self._attempt, retry_in_s=round(delay, 2))
+                self._retry_handle = self._daemon._ioloop.call_later(delay, self._retry)
+                return
+            self._done = True
             # Nacked or lost: hand the request back; a redelivery re-publishes the journal's reply.
-            for delivery in self._live:
+            for delivery in live:
                 self._link.requeue(delivery)
         else:
+            self._done = True
             for delivery in self._live:
                 self._link.ack(delivery)
         self._daemon._published(self)
 
+    def _retry(self) -> None:
+        self._retry_handle = None
+        if not self._done:
+            self.start()
+
     def hand_back(self) -> int:
         """The drain timeout: give the request back now, whatever its confirms say; returns how many."""
         self._done = True
+        if self._retry_handle is not None:
+            self._daemon._ioloop.remove_timeout(self._retry_handle)
         return sum(int(self._link.requeue(delivery)) for delivery in self._live)
+
+
+def _log_context(entry: _InFlight, outcome: Outcome) -> dict[str, Any]:
+    """The job's log context for the reply path: from the route, and from the reply itself when there is one."""
+    route = outcome.route
+    context: dict[str, Any] = {
+        "message_id": route.message_id,
+        "correlation_id": route.correlation_id,
+        "request_id": route.request_id,
+    }
+    try:
+        reply = msgpack.unpackb(outcome.reply, raw=False) if outcome.reply else {}
+    except ValueError:
+        reply = {}
+    model = reply.get("model") if isinstance(reply, dict) else None
+    if isinstance(model, dict):
+        context["model"] = model.get("identifier")
+        context["version"] = model.get("version")
+    if isinstance(reply, dict):
+        context["job_identifier"] = reply.get("job_identifier")
+    return context
 
 
 def _peek_status(outcome: Outcome) -> dict[str, Any]:
@@ -536,8 +604,6 @@ def _peek_status(outcome: Outcome) -> dict[str, Any]:
 
 
 def _replayed_status(outcome: Outcome) -> str:
-    import msgpack  # noqa: PLC0415 -- only for the rare replay path
-
     try:
         status = msgpack.unpackb(outcome.reply or b"", raw=False).get("status", "COMPLETE")
     except (ValueError, AttributeError):
