@@ -53,6 +53,23 @@ SUSPECT_AFTER_CRASHES = 2
 # the one suspect waits this long after the first suspect of the burst arrived, so that the others (which
 # rank before it) are in line by the time the line is free.
 SUSPECT_GRACE_S = 0.5
+# The first look at a job comes this long after the moment the estimate says it ends: the edge reports
+# whole milliseconds.
+FIRST_LOOK_MARGIN_S = 0.0005
+
+
+def _job_from_results(job_id: str, base: EdgeJob | None, results: EdgeResults, status: str) -> EdgeJob:
+    """The finished job as its results describe it, on top of what the submission receipt said."""
+    job = replace(base) if base is not None else EdgeJob(job_identifier=job_id, status=status)
+    job.job_identifier = job.job_identifier or job_id
+    job.status = status
+    job.total = results.total or job.total
+    job.completed = results.completed
+    job.failed = results.failed
+    job.pending = 0
+    job.elapsed_ms = results.elapsed_ms or job.elapsed_ms
+    job.updated_at = now_rfc3339()
+    return job
 
 
 class Abandoned(Exception):
@@ -365,9 +382,10 @@ class JobRunner:
         started = time.monotonic()
         timeout_s = min(request.timeout_s or self._settings.job_timeout_s, self._settings.max_timeout_s)
         deadline = started + timeout_s
-        model = (request.model_id, request.version)
         job: EdgeJob | None = None
+        results: EdgeResults | None = None
         job_id = resume_id
+        accepted_at = started
         if job_id is not None:
             bound = bound.bind(job_identifier=job_id)
             bound.info("job_resumed", submits=submits)
@@ -377,6 +395,7 @@ class JobRunner:
                     if submits > self._settings.max_resubmits:
                         raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
                     job = self._submit_recorded(request, deadline, key, bound)
+                    accepted_at = time.monotonic()
                     job_id = job.job_identifier
                     submits += 1
                     bound = bound.bind(job_identifier=job_id)
@@ -393,7 +412,9 @@ class JobRunner:
                         update = self._reply(job, None, request, route, final=False)
                         self._publish_update(route, encode_reply(update), "SUBMITTED")
                 try:
-                    job = self._follow(job_id, model, deadline, bound)
+                    job, results = self._follow(
+                        job_id, base=job, request=request, accepted_at=accepted_at, deadline=deadline, bound=bound
+                    )
                 except JobNotFound as exc:
                     bound.warning("job_lost_by_edge", error=exc.message, submits=submits)
                     job_id = None
@@ -406,8 +427,7 @@ class JobRunner:
         except JobError as exc:
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key)
 
-        results: EdgeResults | None = None
-        if request.want_results or job.failed or job.status != "COMPLETE":
+        if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._fetch_results(job_id, deadline, bound)
         reply = self._reply(job, results, request, route, final=True)
         if request.want_results and results is None and job.status == "COMPLETE":
@@ -482,40 +502,76 @@ class JobRunner:
             )
         return JobTimeout("the edge stayed unreachable until the request's timeout")
 
-    def _follow(self, job_id: str, model: tuple[str, str], deadline: float, bound: Any) -> EdgeJob:
-        """Poll the job to a terminal state: first check when this model usually finishes, then back off."""
-        began = time.monotonic()
+    def _follow(
+        self,
+        job_id: str,
+        *,
+        base: EdgeJob | None,
+        request: JobRequest,
+        accepted_at: float,
+        deadline: float,
+        bound: Any,
+    ) -> tuple[EdgeJob, EdgeResults | None]:
+        """Look at the job until it ends: first when this model usually finishes, then backing off.
+
+        When the results are wanted, most looks ask for them directly (one call instead of status + results);
+        every fourth look, and any finish the results cannot classify, asks for the job's own status, which is
+        how cancellations and lost jobs are seen.
+        """
+        model = (request.model_id, request.version)
         estimate = self.estimator.estimate(model)
-        delay = estimate
-        step = max(0.002, estimate * 0.05)
-        last_pending = began
+        # Timed from the receipt: the edge started the job before answering, so by then + its usual duration
+        # it has ended (the margin covers whole-millisecond elapsed times).
+        next_look = accepted_at + estimate + FIRST_LOOK_MARGIN_S
+        step = max(0.001, estimate * 0.02)
+        looks = 0
+        last_pending = accepted_at
         while True:
             now = time.monotonic()
-            if now + delay >= deadline:
-                if deadline > now:
-                    self._pause(deadline - now)
+            if next_look >= deadline:
+                self._pause(max(0.0, deadline - now))
                 job = self._with_edge(
                     lambda: self._edge.get_job(job_id, deadline=deadline + 5), deadline + 5, "status", bound
                 )
                 if job.terminal:
-                    return job
+                    return job, None
                 raise JobTimeout(
-                    f"the job did not finish within its timeout ({deadline - began:.3g} s after submission)"
+                    f"the job did not finish within its timeout ({deadline - accepted_at:.3g} s after submission)"
                 )
-            self._pause(delay)
+            self._pause(max(0.0, next_look - now))
+            looks += 1
+            results: EdgeResults | None = None
+            if request.want_results and looks % 4 != 0:
+                results = self._with_edge(
+                    lambda: self._edge.get_results(job_id, deadline=deadline), deadline, "results", bound
+                )
+                status = results.job_status() if results is not None else None
+                if status is not None and results is not None:
+                    self._learn(model, accepted_at, last_pending, results.elapsed_ms)
+                    return _job_from_results(job_id, base, results, status), results
+                if results is None or not results.finished:
+                    last_pending = time.monotonic()
+                    next_look = last_pending + step
+                    step = min(step * 1.5, 2.0)
+                    continue
             job = self._with_edge(lambda: self._edge.get_job(job_id, deadline=deadline), deadline, "status", bound)
             if job.terminal:
-                seen = time.monotonic() - began
-                if job.elapsed_ms > 0:
-                    self.estimator.observe(model, job.elapsed_ms / 1000)
-                elif last_pending == began:
-                    self.estimator.observe(model, seen * 0.9)  # finished before the first look: maybe sooner
-                else:
-                    self.estimator.observe(model, (last_pending - began + seen) / 2)
-                return job
+                self._learn(model, accepted_at, last_pending, job.elapsed_ms)
+                return job, results if results is not None and results.finished else None
             last_pending = time.monotonic()
-            delay = step
+            next_look = last_pending + step
             step = min(step * 1.5, 2.0)
+
+    def _learn(self, model: tuple[str, str], accepted_at: float, last_pending: float, elapsed_ms: int) -> None:
+        """Feed the duration estimate: the edge's own figure, else what the looks bracket."""
+        seen = time.monotonic() - accepted_at
+        if elapsed_ms > 0:
+            self.estimator.observe(model, elapsed_ms / 1000)
+        elif last_pending == accepted_at:
+            # Done at the first look: it may have finished much sooner, so aim earlier next time.
+            self.estimator.observe(model, seen * 0.5)
+        else:
+            self.estimator.observe(model, (last_pending - accepted_at + seen) / 2)
 
     def _fetch_results(self, job_id: str, deadline: float, bound: Any) -> EdgeResults | None:
         wait_until = time.monotonic() + _RESULTS_WAIT_S

@@ -459,7 +459,14 @@ class _Publication:
         self._done = False
         self._attempt = 0
         self._retry_handle: Any = None
-        self._log = log.bind(**_log_context(entry, outcome))
+        self._bound_log: Any = None
+
+    @property
+    def _log(self) -> Any:
+        """The job's logger, built only when the reply path has something to say (it unpacks the reply)."""
+        if self._bound_log is None:
+            self._bound_log = log.bind(**_log_context(self._entry, self._outcome))
+        return self._bound_log
 
     def start(self) -> None:
         self._attempt += 1
