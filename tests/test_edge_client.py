@@ -667,3 +667,33 @@ def test_errors_are_edge_errors_with_contract_codes() -> None:
     }
     for error_type, code in codes.items():
         assert error_type("x").as_reply_error()["code"] == code
+
+
+# -- calls that must not be repeated blindly -------------------------------------------------------------
+
+
+def test_a_chunk_that_may_have_arrived_is_not_sent_again_and_the_open_job_is_abandoned(stub: Stub) -> None:
+    # The edge takes the chunk but answers too late: sending it again would append it twice.
+    stub.on("GET", "/api/jobs/features", Answer(200, {"inputChunkMaximumSize": "1M"}))
+    stub.on("POST", "/api/jobs", Answer(200, {"jobIdentifier": "open-1", "status": "OPEN"}))
+    stub.on("POST", "/api/jobs/open-1/s/i", Answer(200, {}, action="sleep", sleep_s=1.5))
+    stub.on("DELETE", "/api/jobs/open-1", Answer(200, {"jobIdentifier": "open-1", "status": "CANCELED"}))
+    edge = client(stub.url, request_timeout_s=0.5, max_attempts=5)
+    with pytest.raises(EdgeUnavailable) as raised:
+        edge.submit_chunked(model_id="m", version="1", sources={"s": {"i": b"x" * 10}}, explain=False)
+    assert raised.value.maybe_sent
+    assert len(stub.requests("POST", "/api/jobs/open-1/s/i")) == 1
+    assert len(stub.requests("DELETE", "/api/jobs/open-1")) == 1
+    assert not stub.requests("POST", "/api/jobs/open-1/close")
+
+
+def test_a_refused_connection_is_retried_even_for_a_chunk() -> None:
+    # Nothing was sent: retrying is safe, and it is what the retries are for. A closed port refuses at once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    edge = client(f"http://127.0.0.1:{port}", max_attempts=3)
+    with pytest.raises(EdgeUnavailable) as raised:
+        edge._call("POST", "/api/jobs/x/s/i", "chunk", data=b'""', idempotent=False)
+    assert not raised.value.maybe_sent
+    assert "after 3 attempts" in raised.value.message

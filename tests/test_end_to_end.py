@@ -820,3 +820,17 @@ def test_reply_path_log_lines_carry_the_job_context(
     missing = [key for key in JOB_LOG_KEYS if key not in unroutable]
     assert not missing, (missing, unroutable)
     assert unroutable["message_id"] == mid
+
+
+def test_identical_requests_without_ids_on_a_classic_queue_do_not_inherit_each_others_deliveries(
+    emulator: EdgeEmulator, worker_factory: Any, producer: Producer, collector: ReplyCollector, queues: Queues
+) -> None:
+    # Without message_id or request_id, a classic queue's deliveries are counted by the body's bytes. A
+    # finished request must drop its count, or the same bytes sent again would soon hit DELIVERY_LIMIT.
+    worker_factory(emulator.url, amqp__queue_type="classic", amqp__delivery_limit=2).start()
+    request = {"model": SHA_MODEL, "sources": {"s": {"i": b"same bytes every time"}}}
+    for n in range(1, 6):
+        producer.publish(request, message_id="", correlation_id=f"c{n}")
+        finals = collector.wait_finals(n)
+        assert finals[f"c{n}"][0]["status"] == "COMPLETE"
+    assert producer.message_count(queues.dead_letter_queue) == 0

@@ -47,7 +47,18 @@ class Delivery:
 @dataclass(slots=True)
 class _Pending:
     on_done: Callable[[bool, bool], None]
+    routing_key: str
+    message_id: str | None
+    correlation_id: str | None
     returned: bool = False
+
+    def matches(self, routing_key: str, properties: Any) -> bool:
+        return (
+            not self.returned
+            and self.routing_key == routing_key
+            and self.message_id == properties.message_id
+            and self.correlation_id == properties.correlation_id
+        )
 
 
 @dataclass(slots=True)
@@ -130,7 +141,6 @@ class BrokerLink:
         self._want_consuming = True
         self._pending: dict[int, _Pending] = {}
         self._publish_seq = 0
-        self._returned_ids: dict[str, int] = {}
         self._attempt = 0
         self._closing = False
         self._ready = False
@@ -366,14 +376,16 @@ class BrokerLink:
             return False
         channel.basic_publish("", routing_key, body, properties, mandatory=True)
         self._publish_seq += 1
-        self._pending[self._publish_seq] = _Pending(on_done)
-        if properties.message_id:
-            self._returned_ids[properties.message_id] = self._publish_seq
+        self._pending[self._publish_seq] = _Pending(
+            on_done, routing_key, properties.message_id, properties.correlation_id
+        )
         return True
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        seq = self._returned_ids.get(properties.message_id or "")
-        pending = self._pending.get(seq) if seq is not None else None
+        # A return comes before the confirm of the message it returns, so that message is still pending: the
+        # oldest pending publish to the same queue with the same ids is it (a dead-letter copy may have no
+        # message_id, which is why the match is not by message_id alone).
+        pending = next((p for p in self._pending.values() if p.matches(method.routing_key, properties)), None)
         log.warning(
             "broker_publish_returned",
             routing_key=method.routing_key,
@@ -392,13 +404,9 @@ class BrokerLink:
             if pending is None:
                 continue
             pending.on_done(confirmed, pending.returned)
-        if len(self._returned_ids) > 4 * len(self._pending) + 64:
-            live = set(self._pending)
-            self._returned_ids = {k: v for k, v in self._returned_ids.items() if v in live}
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        self._returned_ids.clear()
         for item in pending.values():
             item.on_done(False, False)
 

@@ -207,7 +207,7 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
 def _validate(config: Config) -> None:
     a, e, w = config.amqp, config.edge, config.worker
     for url in a.url:
-        parsed = urllib.parse.urlsplit(url)
+        parsed = _split(url, "amqp.url", _mask_url_safe(url))
         if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname or not _port_ok(parsed):
             raise ConfigError(f"amqp.url: expected amqp://host[:port]/vhost or amqps://..., got {_mask_url(url)!r}")
     for key in ("queue", "reply_queue", "dead_letter_queue"):
@@ -225,7 +225,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"amqp.{key}: {value!r} is not a readable file")
     if bool(a.tls_cert_file) != bool(a.tls_key_file):
         raise ConfigError("amqp.tls_cert_file and amqp.tls_key_file: set both for mutual TLS, or neither")
-    parsed_edge = urllib.parse.urlsplit(e.url)
+    parsed_edge = _split(e.url, "edge.url", e.url)
     if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname or not _port_ok(parsed_edge):
         raise ConfigError(f"edge.url: expected http://host:port, got {e.url!r}")
     _check_range("edge.job_timeout", e.job_timeout, 0.1, 7 * 86400)
@@ -240,7 +240,9 @@ def _validate(config: Config) -> None:
     _check_range("worker.concurrency", w.concurrency, 1, 1024)
     if not w.state_dir:
         raise ConfigError("worker.state_dir: expected a directory path")
-    _check_range("worker.journal_retention", w.journal_retention, 0, 365 * 86400)
+    # At least a minute: a finished reply must outlive its own publish retries (README, "Replies the broker
+    # refuses"), or a redelivery would run the job again.
+    _check_range("worker.journal_retention", w.journal_retention, 60, 365 * 86400)
     _check_range("worker.drain_timeout", w.drain_timeout, 0, 86400)
     _check_range("worker.max_request_bytes", w.max_request_bytes, 1024, 1 << 34)
     _check_range("worker.startup_timeout", w.startup_timeout, 0, 3600)
@@ -258,6 +260,21 @@ def _validate(config: Config) -> None:
             f"exceeds amqp.consumer_timeout ({a.consumer_timeout} s): the broker would close the channel "
             "before the job could end; raise the broker's consumer_timeout and amqp.consumer_timeout together"
         )
+
+
+def _split(url: str, key: str, shown: str) -> urllib.parse.SplitResult:
+    """urlsplit, with its ValueError (an unclosed IPv6 bracket...) turned into an error naming the key."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a valid URL ({exc}): {shown!r}") from None
+
+
+def _mask_url_safe(url: str) -> str:
+    try:
+        return _mask_url(url)
+    except ValueError:
+        return "<unparseable URL, not shown: it may hold a password>"
 
 
 def _port_ok(parsed: urllib.parse.SplitResult) -> bool:

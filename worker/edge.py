@@ -282,20 +282,21 @@ class EdgeClient:
         )
         try:
             response = self._session().send(prepared, timeout=self._timeout, allow_redirects=False)
+        except requests.exceptions.ConnectTimeout:
+            error_kind = "timeout"
+            raise EdgeUnavailable(f"edge at {self.base_url} unreachable: connect timeout") from None
         except requests.exceptions.ConnectionError as exc:
             error_kind = "connection"
             reason = str(exc)
             if "RemoteDisconnected" in reason or "Connection aborted" in reason:
-                raise EdgeUnavailable(
+                raise _maybe_sent(
                     f"edge at {self.base_url} closed the connection without an HTTP answer to {name}: a gRPC-only "
                     "port does this (edge.url must point at the HTTP gateway), and so does an edge restarting"
                 ) from None
             raise EdgeUnavailable(f"edge at {self.base_url} unreachable: {type(exc).__name__}") from None
         except requests.exceptions.Timeout:
             error_kind = "timeout"
-            raise EdgeUnavailable(
-                f"edge at {self.base_url} did not answer {name} within {self._timeout[1]:g} s"
-            ) from None
+            raise _maybe_sent(f"edge at {self.base_url} did not answer {name} within {self._timeout[1]:g} s") from None
         except requests.exceptions.RequestException as exc:
             error_kind = "request"
             raise EdgeUnavailable(f"edge call {name} failed: {type(exc).__name__}") from None
@@ -324,8 +325,14 @@ class EdgeClient:
         deadline: float | None = None,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        idempotent: bool = True,
     ) -> Any:
-        """One API call, retried on transient failures with capped exponential backoff and jitter."""
+        """One API call, retried on transient failures with capped exponential backoff and jitter.
+
+        A non-idempotent call (a chunk, a close) that may have reached the edge is not repeated: the caller
+        starts its upload again. A submission is repeated, with a warning: the edge has no idempotency key,
+        so a job it accepted without our hearing of it cannot be found again (README, "Idempotency").
+        """
         attempt = 0
         while True:
             attempt += 1
@@ -338,6 +345,10 @@ class EdgeClient:
                     raise
                 failure: EdgeError = exc
             except EdgeUnavailable as exc:
+                if exc.maybe_sent and not idempotent:
+                    if name != "submit":
+                        raise
+                    log.warning("edge_submit_maybe_duplicated", error=exc.message, attempt=attempt)
                 if attempt >= self._max_attempts:
                     raise EdgeUnavailable(f"{exc} (after {attempt} attempts)") from None
                 failure = exc
@@ -441,7 +452,7 @@ class EdgeClient:
                     path = f"/api/jobs/{_q(job_id)}/{_q(source)}/{_q(key)}"
                     for chunk in _chunks(raw, chunk_bytes):
                         self._append_chunk(path, chunk, deadline)
-            data = self._call("POST", f"/api/jobs/{_q(job_id)}/close", "close", deadline=deadline)
+            data = self._call("POST", f"/api/jobs/{_q(job_id)}/close", "close", deadline=deadline, idempotent=False)
         except EdgeHTTPError as exc:
             self._abandon(job_id)
             if exc.status == 501:
@@ -464,7 +475,15 @@ class EdgeClient:
         else:
             body = b'"' + base64.b64encode(chunk) + b'"'
             content_type = "application/json"
-        self._call("POST", path, "chunk", data=body, headers={"Content-Type": content_type}, deadline=deadline)
+        self._call(
+            "POST",
+            path,
+            "chunk",
+            data=body,
+            headers={"Content-Type": content_type},
+            deadline=deadline,
+            idempotent=False,
+        )
 
     def _abandon(self, job_id: str) -> None:
         try:
@@ -500,6 +519,12 @@ class EdgeClient:
                 return None
             raise
         return EdgeJob.from_answer(data, fallback_id=job_id)
+
+
+def _maybe_sent(message: str) -> EdgeUnavailable:
+    error = EdgeUnavailable(message)
+    error.maybe_sent = True
+    return error
 
 
 def _submit_error(exc: EdgeHTTPError, model_id: str, version: str) -> EdgeError:

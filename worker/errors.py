@@ -90,6 +90,9 @@ class EdgeUnavailable(EdgeError):
 
     code = "EDGE_UNAVAILABLE"
     retryable = True
+    # The request may have reached the edge (a read timeout, a connection dropped mid-answer), as opposed
+    # to a connection that was never made: a non-idempotent call must not be repeated blindly.
+    maybe_sent = False
 
 
 class JobNotFound(EdgeError):

@@ -325,6 +325,8 @@ class JobRunner:
         if deliveries > self._settings.delivery_limit:
             limit = self._settings.delivery_limit
             error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
+            if key is None and self._journal is not None:
+                self._journal.forget(tracking_key)  # dead-lettered: the same bytes sent again start afresh
             return self._error_outcome(route, request, None, error, bound, body=body)
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
@@ -350,11 +352,19 @@ class JobRunner:
         try:
             if self._journal is not None:
                 self._journal.record_running(tracking_key, isolated=suspect)
+            finished = False
             try:
-                return self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
+                outcome = self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
+                finished = not outcome.requeue
+                return outcome
             finally:
                 if self._journal is not None:
-                    self._journal.record_stopped(tracking_key)
+                    if finished and key is None:
+                        # Tracked by its bytes only to count deliveries and crashes: once answered, forget it,
+                        # or the next request with the same bytes would inherit its count.
+                        self._journal.forget(tracking_key)
+                    else:
+                        self._journal.record_stopped(tracking_key)
         finally:
             if suspect:
                 self.suspects.release()
@@ -423,9 +433,9 @@ class JobRunner:
         except JobTimeout as exc:
             if job_id is not None:
                 self._cancel(job_id, bound)
-            return self._error_outcome(route, request, job, exc, bound, started=started, key=key)
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         except JobError as exc:
-            return self._error_outcome(route, request, job, exc, bound, started=started, key=key)
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
 
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._fetch_results(job_id, deadline, bound)
@@ -667,6 +677,7 @@ class JobRunner:
         started: float | None = None,
         key: str | None = None,
         body: bytes | None = None,
+        job_id: str | None = None,
     ) -> Outcome:
         status = "TIMEOUT" if isinstance(error, JobTimeout) else "ERROR"
         reply = (
@@ -680,6 +691,7 @@ class JobRunner:
             reply["explain"] = request.explain
             reply["total"] = len(request.sources)
             reply["job_inputs"] = list(request.sources)
+            reply["job_identifier"] = job_id  # a resumed job reached the edge even if we hold no receipt
         reply["error"] = error.as_reply_error()
         encoded = encode_reply(reply)
         if key is not None and self._journal is not None:

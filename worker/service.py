@@ -143,7 +143,7 @@ class Daemon:
         )
         try:
             self._journal = Journal.in_state_dir(cfg.worker.state_dir, retention_s=cfg.worker.journal_retention)
-        except (OSError, Exception) as exc:  # noqa: BLE001 -- sqlite3 and the file system raise many kinds
+        except Exception as exc:  # noqa: BLE001 -- sqlite3 and the file system raise many kinds
             log.error(
                 "worker_exit",
                 reason="journal unusable",
@@ -184,6 +184,8 @@ class Daemon:
                 return int(ExitCode.CONFIG)
             self._metrics_server.start()
             log.info("metrics_listening", address=f"{host}:{self._metrics_server.address[1]}")
+        # Signals first: a SIGTERM while start-up still waits for the edge is a clean stop (exit 0), not a kill.
+        self._install_signals()
         try:
             self._wait_for_edge()
         except ServiceUnavailable as exc:
@@ -195,8 +197,11 @@ class Daemon:
             )
             self._shutdown_helpers()
             return int(ExitCode.UNAVAILABLE)
+        if self._signals:
+            log.info("worker_exit", reason="signal during start-up", exit_code=0)
+            self._shutdown_helpers()
+            return int(ExitCode.OK)
         self._threads = _JobThreads(cfg.worker.concurrency)
-        self._install_signals()
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
         self._notifier.status("connecting to the broker")
@@ -220,7 +225,11 @@ class Daemon:
                 log.warning("edge_waiting", url=self._config.edge.url, error=why)
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(f"edge at {self._config.edge.url}: {why}")
-            time.sleep(min(2.0, 0.2 * attempt))
+            pause_until = time.monotonic() + min(2.0, 0.2 * attempt)
+            while time.monotonic() < pause_until:
+                if self._signals:
+                    return
+                time.sleep(0.05)  # short naps so a SIGTERM ends the wait promptly
 
     def _check_startup(self) -> None:
         if self._link.connections_made == 0 and not self._draining:
@@ -321,7 +330,9 @@ class Daemon:
         self._maybe_finish_drain()
 
     def _publish_update_threadsafe(self, route: ReplyRoute, body: bytes, status: str) -> None:
-        self._ioloop.add_callback_threadsafe(partial(self._publish_update, route, body, status))
+        # A closure, not functools.partial: pika logs the callback's repr at debug level, and a partial's repr
+        # would carry the reply bytes.
+        self._ioloop.add_callback_threadsafe(lambda: self._publish_update(route, body, status))
 
     def _publish_update(self, route: ReplyRoute, body: bytes, status: str) -> None:
         props = reply_properties_fields({"status": status, "final": False}, route)
@@ -574,8 +585,14 @@ class _Publication:
 
     def _retry(self) -> None:
         self._retry_handle = None
-        if not self._done:
-            self.start()
+        if self._done:
+            return
+        if not any(self._link.is_live(d) for d in self._live):
+            # The channel died meanwhile: the broker redelivers and the journal answers; nothing to retry.
+            self._done = True
+            self._daemon._published(self)
+            return
+        self.start()
 
     def hand_back(self) -> int:
         """The drain timeout: give the request back now, whatever its confirms say; returns how many."""
