@@ -24,7 +24,8 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   log "Python 3.11+ is required ($PYTHON is $("$PYTHON" --version 2>&1))"; exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
+  rm -rf .venv  # absent, or left half-made by an interrupted first run
   if ! "$PYTHON" -m venv .venv 2>/dev/null; then
     apt_install python3-venv
     "$PYTHON" -m venv .venv
