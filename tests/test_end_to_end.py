@@ -607,6 +607,17 @@ def test_concurrency_8_runs_8_jobs_at_once_on_the_edge(
 # -- acknowledgement after confirmation -------------------------------------------------------------
 
 
+def full_reply_queue(broker_url: str, queues: Queues) -> str:
+    """A reply queue that is full and refuses publishes (the broker nacks them); holds one "filler" message."""
+    full = f"{queues.prefix}.full-replies"
+    queues.extra.append(full)
+    with channel(broker_url) as ch:
+        ch.queue_declare(full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        ch.confirm_delivery()
+        ch.basic_publish("", full, pack({"filler": True}), pika.BasicProperties(correlation_id="filler"))
+    return full
+
+
 def test_request_is_not_acknowledged_until_its_reply_is_confirmed(
     emulator: EdgeEmulator,
     worker_factory: Any,
@@ -617,12 +628,7 @@ def test_request_is_not_acknowledged_until_its_reply_is_confirmed(
 ) -> None:
     # A reply queue that is full and refuses publishes: the broker nacks every reply sent to it. A high
     # delivery limit keeps the broker from dead-lettering the request while the worker hands it back.
-    full = f"{queues.prefix}.full-replies"
-    queues.extra.append(full)
-    with channel(broker_url) as ch:
-        ch.queue_declare(full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-        ch.confirm_delivery()
-        ch.basic_publish("", full, pack({"filler": True}), pika.BasicProperties(correlation_id="filler"))
+    full = full_reply_queue(broker_url, queues)
     state = tmp_path / "shared-state"
     first = worker_factory(emulator.url, state_dir=state, amqp__delivery_limit=1000).start()
     mid = producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"1"}}}, reply_to=full)
@@ -651,12 +657,7 @@ def test_refused_reply_is_retried_while_the_request_is_held_not_dead_lettered(
 ) -> None:
     # A reply queue that is momentarily full: the worker keeps the request (default delivery limit) and
     # publishes the reply again with backoff, instead of handing it back until the limit dead-letters it.
-    full = f"{queues.prefix}.full-replies"
-    queues.extra.append(full)
-    with channel(broker_url) as ch:
-        ch.queue_declare(full, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-        ch.confirm_delivery()
-        ch.basic_publish("", full, pack({"filler": True}), pika.BasicProperties(correlation_id="filler"))
+    full = full_reply_queue(broker_url, queues)
     worker = worker_factory(emulator.url).start()
     mid = producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"held"}}}, reply_to=full)
     worker.wait_for_event("publish_retry", count=2, timeout_s=20)
