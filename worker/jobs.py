@@ -53,9 +53,10 @@ SUSPECT_AFTER_CRASHES = 2
 # the one suspect waits this long after the first suspect of the burst arrived, so that the others (which
 # rank before it) are in line by the time the line is free.
 SUSPECT_GRACE_S = 0.5
-# The first look at a job comes this long after the moment the estimate says it ends: the edge reports
-# whole milliseconds.
-FIRST_LOOK_MARGIN_S = 0.0005
+# The first look at a job comes this long after the receipt plus the estimate. None is needed: the edge
+# started the job before it answered, so by then the job has had its usual duration (measured: no look
+# missed in 60 sequential 50 ms jobs at 0, nor at -0.5 ms; +0.5 ms only added latency).
+FIRST_LOOK_MARGIN_S = 0.0
 
 
 def _job_from_results(job_id: str, base: EdgeJob | None, results: EdgeResults, status: str) -> EdgeJob:
