@@ -153,10 +153,6 @@ class BrokerLink:
     def ready(self) -> bool:
         return self._ready
 
-    @property
-    def consuming(self) -> bool:
-        return self._consumer_tag is not None
-
     def is_live(self, delivery: Delivery) -> bool:
         """Whether this delivery can still be acknowledged: its channel is the open consume channel."""
         channel = self._consume_channel
@@ -334,16 +330,14 @@ class BrokerLink:
         if self._ready:
             self._start_consuming()
 
-    def pause_consuming(self, on_paused: Callable[[], None] | None = None) -> None:
+    def pause_consuming(self) -> None:
         """Stop taking deliveries; those already taken stay ours to finish or hand back."""
         self._want_consuming = False
         channel, tag = self._consume_channel, self._consumer_tag
         self._consumer_tag = None
         if channel is not None and channel.is_open and tag is not None:
-            channel.basic_cancel(tag, callback=(lambda _f: on_paused()) if on_paused else None)
+            channel.basic_cancel(tag)
             log.info("broker_consumer_paused", queue=self._plan.queue)
-        elif on_paused is not None:
-            on_paused()
 
     def ack(self, delivery: Delivery) -> bool:
         if not self.is_live(delivery):

@@ -277,8 +277,6 @@ def _kind(value: Any) -> str:
 
 # -- replies ---------------------------------------------------------------------------------------------
 
-TERMINAL_REPLY_STATUSES = frozenset({"COMPLETE", "FAILED", "CANCELED", "TIMEOUT", "REJECTED", "ERROR"})
-
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
