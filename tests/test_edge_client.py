@@ -697,3 +697,18 @@ def test_a_refused_connection_is_retried_even_for_a_chunk() -> None:
         edge._call("POST", "/api/jobs/x/s/i", "chunk", data=b'""', idempotent=False)
     assert not raised.value.maybe_sent
     assert "after 3 attempts" in raised.value.message
+
+
+def test_a_submission_whose_answer_was_lost_is_sent_again_and_flagged(stub: Stub) -> None:
+    # The edge may have created the first job: the receipt says the submission was repeated, so the
+    # worker can log edge_job_maybe_duplicated with the request's context.
+    stub.on("POST", "/api/jobs", Answer(action="close"), Answer(200, {"jobIdentifier": "j2", "status": "SUBMITTED"}))
+    job = client(stub.url, max_attempts=3).submit_job(
+        model_id="m", version="1", sources={"s": {"i": "x"}}, input_type="text", explain=False
+    )
+    assert job.job_identifier == "j2" and job.maybe_duplicated
+    assert len(stub.requests("POST", "/api/jobs")) == 2
+    clean = client(stub.url).submit_job(
+        model_id="m", version="1", sources={"s": {"i": "x"}}, input_type="text", explain=False
+    )
+    assert not clean.maybe_duplicated

@@ -94,6 +94,8 @@ class EdgeJob:
     updated_at: str | None = None
     submitted_at: str | None = None
     elapsed_ms: int = 0
+    # This job's submission was retried after an earlier attempt may have reached the edge unanswered.
+    maybe_duplicated: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -330,14 +332,19 @@ class EdgeClient:
         """One API call, retried on transient failures with capped exponential backoff and jitter.
 
         A non-idempotent call (a chunk, a close) that may have reached the edge is not repeated: the caller
-        starts its upload again. A submission is repeated, with a warning: the edge has no idempotency key,
-        so a job it accepted without our hearing of it cannot be found again (README, "Idempotency").
+        starts its upload again. A submission is repeated, and the receipt says so (maybe_duplicated), or
+        the final EdgeUnavailable does (maybe_sent): the edge has no idempotency key, so a job it accepted
+        without our hearing of it cannot be found again (README, "Idempotency").
         """
         attempt = 0
+        sent_unanswered = False
         while True:
             attempt += 1
             try:
-                return self._request_once(method, path, name, data=data, headers=headers)
+                answer = self._request_once(method, path, name, data=data, headers=headers)
+                if sent_unanswered:
+                    self._local.maybe_duplicated = True
+                return answer
             except EdgeHTTPError as exc:
                 if not exc.transient or attempt >= self._max_attempts:
                     if exc.transient:
@@ -348,13 +355,17 @@ class EdgeClient:
                 if exc.maybe_sent and not idempotent:
                     if name != "submit":
                         raise
-                    log.warning("edge_submit_maybe_duplicated", error=exc.message, attempt=attempt)
+                    sent_unanswered = True  # the caller logs it with the job's context
                 if attempt >= self._max_attempts:
-                    raise EdgeUnavailable(f"{exc} (after {attempt} attempts)") from None
+                    final = EdgeUnavailable(f"{exc} (after {attempt} attempts)")
+                    final.maybe_sent = sent_unanswered
+                    raise final from None
                 failure = exc
             delay = backoff_delay(attempt)
             if deadline is not None and time.monotonic() + delay > deadline:
-                raise EdgeUnavailable(f"{failure} (deadline reached after {attempt} attempts)")
+                final = EdgeUnavailable(f"{failure} (deadline reached after {attempt} attempts)")
+                final.maybe_sent = sent_unanswered
+                raise final
             log.debug("edge_call_retry", call=name, attempt=attempt, delay_s=round(delay, 3), error=str(failure))
             time.sleep(delay)
 
@@ -416,6 +427,7 @@ class EdgeClient:
         return self._submit(payload, model_id, version, deadline)
 
     def _submit(self, payload: bytes, model_id: str, version: str, deadline: float | None) -> EdgeJob:
+        self._local.maybe_duplicated = False
         try:
             data = self._call(
                 "POST",
@@ -424,10 +436,13 @@ class EdgeClient:
                 data=payload,
                 headers={"Content-Type": "application/json"},
                 deadline=deadline,
+                idempotent=False,
             )
         except EdgeHTTPError as exc:
             raise _submit_error(exc, model_id, version) from None
-        return EdgeJob.from_answer(data)
+        job = EdgeJob.from_answer(data)
+        job.maybe_duplicated = bool(getattr(self._local, "maybe_duplicated", False))
+        return job
 
     def submit_chunked(
         self,
@@ -461,7 +476,9 @@ class EdgeClient:
         except EdgeError:
             self._abandon(job_id)
             raise
-        return EdgeJob.from_answer(data, fallback_id=job_id)
+        closed = EdgeJob.from_answer(data, fallback_id=job_id)
+        closed.maybe_duplicated = opened.maybe_duplicated
+        return closed
 
     def _append_chunk(self, path: str, chunk: memoryview, deadline: float | None) -> None:
         if self._chunk_encoding == "multipart":

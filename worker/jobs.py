@@ -458,14 +458,34 @@ class JobRunner:
 
     def _submit_recorded(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
         """Submit, with the journal marking the moment the edge may know a job the journal does not."""
-        if key is None or self._journal is None:
-            return self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
-        self._journal.record_submitting(key)
+        unanswered = False
+
+        def submit() -> EdgeJob:
+            nonlocal unanswered
+            try:
+                job = self._submit(request, deadline)
+            except EdgeUnavailable as exc:
+                unanswered = unanswered or exc.maybe_sent
+                raise
+            unanswered = unanswered or job.maybe_duplicated
+            return job
+
+        if key is not None and self._journal is not None:
+            self._journal.record_submitting(key)
         try:
-            return self._with_edge(lambda: self._submit(request, deadline), deadline, "submit", bound)
+            job = self._with_edge(submit, deadline, "submit", bound)
         except BaseException:
-            self._journal.record_submitting(key, False)
+            if key is not None and self._journal is not None:
+                self._journal.record_submitting(key, False)
             raise
+        if unanswered:
+            bound.warning(
+                "edge_job_maybe_duplicated",
+                reason="a submission reached the edge but its answer was lost (timeout or dropped connection); "
+                "it was submitted again, and the edge may hold a job no reply will name",
+                job_identifier=job.job_identifier,
+            )
+        return job
 
     def _submit(self, request: JobRequest, deadline: float) -> EdgeJob:
         chunked = self._settings.upload == "chunked" or (
