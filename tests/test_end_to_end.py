@@ -835,3 +835,23 @@ def test_identical_requests_without_ids_on_a_classic_queue_do_not_inherit_each_o
         finals = collector.wait_finals(n)
         assert finals[f"c{n}"][0]["status"] == "COMPLETE"
     assert producer.message_count(queues.dead_letter_queue) == 0
+
+
+def test_two_deliveries_of_one_request_id_run_one_edge_job(
+    emulator: EdgeEmulator, worker_factory: Any, producer: Producer, collector: ReplyCollector
+) -> None:
+    # No message_id, so the broker layer cannot tell them apart: the job layer must. The second delivery
+    # waits for the first to finish, then answers from the journal.
+    worker = worker_factory(emulator.url).start()
+    request = {
+        "model": {"identifier": "sleep", "version": "1.0.0"},
+        "request_id": "rid-7",
+        "sources": {"s": {"seconds": "0.5"}},
+    }
+    producer.publish(request, message_id="", correlation_id="first")
+    producer.publish(request, message_id="", correlation_id="second")
+    finals = collector.wait_finals(2, timeout_s=20)
+    assert [r["status"] for r in finals["first"] + finals["second"]] == ["COMPLETE", "COMPLETE"]
+    assert finals["first"][0]["job_identifier"] == finals["second"][0]["job_identifier"]
+    assert emulator.stats()["jobs_submitted"] == 1
+    assert worker.events("delivery_waits_for_running_job")

@@ -261,6 +261,8 @@ class JobRunner:
         self.estimator = DurationEstimator()
         self._stopping = threading.Event()
         self.suspects = SuspectLine()
+        self._running: dict[str, threading.Event] = {}
+        self._running_lock = threading.Lock()
 
     def stop(self) -> None:
         """The worker exits: jobs still running are abandoned (their requests were handed back)."""
@@ -313,6 +315,46 @@ class JobRunner:
         if request.ignored_keys:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
+        if key is None:
+            return self._handle_request(body, properties, route, request, key=None, bound=bound)
+        owned = self._claim(key, request, bound)
+        try:
+            return self._handle_request(body, properties, route, request, key=key, bound=bound)
+        finally:
+            if owned:
+                self._release(key)
+
+    def _claim(self, key: str, request: JobRequest, bound: Any) -> bool:
+        """Run one delivery of an idempotency key at a time in this process.
+
+        A redelivery (after a lost connection) of a request still running here waits for that run to end,
+        then finds its reply (or its edge job) in the journal: one edge job, whichever delivery answers.
+        The service attaches redeliveries by message_id before this; this catches the request_id-only ones.
+        """
+        limit_s = min(request.timeout_s or self._settings.job_timeout_s, self._settings.max_timeout_s) + 60
+        deadline = time.monotonic() + limit_s
+        while True:
+            with self._running_lock:
+                running = self._running.get(key)
+                if running is None:
+                    self._running[key] = threading.Event()
+                    return True
+            bound.info("delivery_waits_for_running_job", reason="the same request is running in this process")
+            if not running.wait(max(0.0, deadline - time.monotonic())) or self._stopping.is_set():
+                if self._stopping.is_set():
+                    raise Abandoned
+                bound.warning("delivery_wait_gave_up", waited_s=limit_s)
+                return False
+
+    def _release(self, key: str) -> None:
+        with self._running_lock:
+            done = self._running.pop(key, None)
+        if done is not None:
+            done.set()
+
+    def _handle_request(
+        self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
+    ) -> Outcome:
         entry = None
         # Requests without an id are tracked by their body: enough to count deliveries and crashes, never to
         # resume or replay (two producers may send the same bytes).
