@@ -16,6 +16,15 @@ from typing import Any
 
 import requests
 import structlog
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from worker.errors import EdgeError, EdgeRejected, EdgeUnavailable, JobNotFound, ModelNotFound
 
@@ -207,9 +216,9 @@ class EdgeHTTPError(EdgeError):
         return (self.status in (413, 429) and "larger than max" in self.edge_message.lower()) or self.status == 413
 
 
-def _error_message(response: requests.Response) -> tuple[str, int | None]:
+def _error_message(response: urllib3.BaseHTTPResponse) -> tuple[str, int | None]:
     try:
-        body = response.json()
+        body = json.loads(response.data)
     except ValueError:
         body = None
     if isinstance(body, Mapping):
@@ -217,7 +226,7 @@ def _error_message(response: requests.Response) -> tuple[str, int | None]:
         code = body.get("code")
         if message:
             return str(message)[:500], code if isinstance(code, int) else None
-    return f"{response.status_code} {response.reason or ''}".strip(), None
+    return f"{response.status} {response.reason or ''}".strip(), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +237,7 @@ class Features:
 
 
 class EdgeClient:
-    """A thread-safe client for one edge server: one requests.Session per thread, explicit timeouts, retries."""
+    """A thread-safe client for one edge server: one connection per thread, explicit timeouts, retries."""
 
     def __init__(
         self,
@@ -241,7 +250,9 @@ class EdgeClient:
         on_call: Callable[[str, float, str | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = (min(5.0, request_timeout_s), request_timeout_s)
+        self._base_path = urllib.parse.urlsplit(self.base_url).path
+        self._read_timeout_s = request_timeout_s
+        self._timeout = urllib3.Timeout(connect=min(5.0, request_timeout_s), read=request_timeout_s)
         self._max_attempts = max_attempts
         self._headers = {"Accept": "application/json"}
         if api_key:
@@ -254,67 +265,79 @@ class EdgeClient:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
+    def _pool(self) -> urllib3.HTTPConnectionPool:
+        """This thread's connection pool to the edge, made and configured (TLS included) by requests.
+
+        Calls go to the pool of requests' HTTPAdapter directly rather than through Session.send: on a local
+        edge, requests' per-call layers (environment, cookies, hooks, Response building) cost more than the
+        HTTP exchange itself (bench/results/profile.md). The pool is the one requests would use.
+        """
+        pool: urllib3.HTTPConnectionPool | None = getattr(self._local, "pool", None)
+        if pool is None:
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers.update(self._headers)
-            # The edge is a local service: skip requests' per-call search of the environment for proxies,
-            # .netrc and CA bundles (a quarter of the worker's CPU per job, measured in bench/).
-            session.trust_env = False
-            self._local.session = session
-        return session
+            probe = requests.PreparedRequest()
+            probe.prepare(method="GET", url=self.base_url + "/")
+            made = adapter.get_connection_with_tls_context(probe, verify=True)
+            assert isinstance(made, urllib3.HTTPConnectionPool)
+            pool = made
+            self._local.pool = pool
+            self._local.adapter = adapter  # owns the pool: kept alive with it
+        return pool
 
     def _request_once(
         self, method: str, path: str, name: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         started = time.monotonic()
         error_kind: str | None = None
-        # Prepared here rather than by Session.request: that merges session settings, cookie jars and
-        # environment per call, which costs more CPU than the request itself on a local edge (bench/).
-        prepared = requests.PreparedRequest()
-        prepared.prepare(
-            method=method,
-            url=self.base_url + path,
-            headers={**self._headers, **headers} if headers else self._headers,
-            data=data,
-        )
         try:
-            response = self._session().send(prepared, timeout=self._timeout, allow_redirects=False)
-        except requests.exceptions.ConnectTimeout:
+            response = self._pool().urlopen(
+                method,
+                self._base_path + path,
+                body=data,
+                headers={**self._headers, **headers} if headers else self._headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=self._timeout,
+            )
+        except NewConnectionError as exc:
+            error_kind = "connection"
+            raise EdgeUnavailable(f"edge at {self.base_url} unreachable: {_reason(exc)}") from None
+        except ConnectTimeoutError:
             error_kind = "timeout"
             raise EdgeUnavailable(f"edge at {self.base_url} unreachable: connect timeout") from None
-        except requests.exceptions.ConnectionError as exc:
+        except Urllib3SSLError as exc:
             error_kind = "connection"
-            reason = str(exc)
-            if "RemoteDisconnected" in reason or "Connection aborted" in reason:
-                raise _maybe_sent(
-                    f"edge at {self.base_url} closed the connection without an HTTP answer to {name}: a gRPC-only "
-                    "port does this (edge.url must point at the HTTP gateway), and so does an edge restarting"
-                ) from None
-            raise EdgeUnavailable(f"edge at {self.base_url} unreachable: {type(exc).__name__}") from None
-        except requests.exceptions.Timeout:
+            raise EdgeUnavailable(f"edge at {self.base_url} unreachable: TLS failed: {_reason(exc)}") from None
+        except ReadTimeoutError:
             error_kind = "timeout"
-            raise _maybe_sent(f"edge at {self.base_url} did not answer {name} within {self._timeout[1]:g} s") from None
-        except requests.exceptions.RequestException as exc:
+            raise _maybe_sent(
+                f"edge at {self.base_url} did not answer {name} within {self._read_timeout_s:g} s"
+            ) from None
+        except ProtocolError:
+            # The request went out (at least in part) and no HTTP answer came back.
+            error_kind = "connection"
+            raise _maybe_sent(
+                f"edge at {self.base_url} closed the connection without an HTTP answer to {name}: a gRPC-only "
+                "port does this (edge.url must point at the HTTP gateway), and so does an edge restarting"
+            ) from None
+        except (HTTPError, OSError) as exc:
             error_kind = "request"
             raise EdgeUnavailable(f"edge call {name} failed: {type(exc).__name__}") from None
         finally:
             if error_kind is not None and self._on_call is not None:
                 self._on_call(name, time.monotonic() - started, error_kind)
         if self._on_call is not None:
-            kind = None if response.status_code < 400 else f"http_{response.status_code // 100}xx"
+            kind = None if response.status < 400 else f"http_{response.status // 100}xx"
             self._on_call(name, time.monotonic() - started, kind)
-        if response.status_code >= 300:
+        if response.status >= 300:
             message, grpc_code = _error_message(response)
-            raise EdgeHTTPError(response.status_code, message, grpc_code)
-        if not response.content:
+            raise EdgeHTTPError(response.status, message, grpc_code)
+        content = response.data
+        if not content:
             return {}
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
             raise EdgeUnavailable(f"edge answered {name} with something that is not JSON") from None
 
@@ -536,6 +559,15 @@ class EdgeClient:
                 return None
             raise
         return EdgeJob.from_answer(data, fallback_id=job_id)
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a connection failure, short (e.g. "[Errno 111] Connection refused")."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error)
+    # urllib3 prefixes its own wrapper text ("<HTTPConnection ...>: Failed to establish a new connection: ").
+    return text.rsplit(": ", 1)[-1] if "Failed to establish" in text else text
 
 
 def _maybe_sent(message: str) -> EdgeUnavailable:
