@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import worker.journal as journal_module
+from tests.conftest import wait_until
 from worker.journal import Journal
 
 
@@ -222,3 +223,35 @@ def test_a_journal_file_from_before_the_crash_columns_is_upgraded(path: Path) ->
     old.close()
     entry = Journal(path, retention_s=60).record_delivery("m1")
     assert (entry.job_id, entry.deliveries, entry.crashes, entry.submitting) == ("job-a", 2, 0, False)
+
+
+def test_the_wal_is_checkpointed_in_the_background_not_by_the_writers(path: Path) -> None:
+    """Writers never pay for a checkpoint: a thread of the journal's own copies the WAL into the database."""
+    journal = Journal(path, retention_s=60, checkpoint_interval_s=0.05)
+    try:
+        db_size = path.stat().st_size
+        for i in range(300):  # far below sqlite's own (backstop) threshold: only the thread can checkpoint
+            journal.record_delivery(f"m{i}")
+            journal.record_reply(f"m{i}", b"r" * 200)
+        wait_until(
+            lambda: journal.checkpoints >= 1 and path.stat().st_size > db_size, 10, what="a background checkpoint"
+        )
+        other = sqlite3.connect(str(path))
+        assert other.execute("SELECT COUNT(*) FROM requests WHERE reply IS NOT NULL").fetchone()[0] == 300
+    finally:
+        journal.close()
+    assert not journal._checkpointer.is_alive()
+
+
+def test_an_idle_journal_does_not_checkpoint(path: Path) -> None:
+    journal = Journal(path, retention_s=60, checkpoint_interval_s=0.02)
+    try:
+        journal.record_delivery("m1")
+        wait_until(lambda: journal.checkpoints == 1, 10, what="the checkpoint of the one write")
+        settled = journal.checkpoints
+        # Idle now: the thread wakes but has nothing to copy. Waiting for 10 more of its intervals on the
+        # journal's own clock (a bounded wait for an absence, not a sleep for a condition).
+        threading.Event().wait(0.2)  # sleep-ok: proving nothing happens needs elapsed time
+        assert journal.checkpoints == settled
+    finally:
+        journal.close()
