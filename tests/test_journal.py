@@ -255,3 +255,40 @@ def test_an_idle_journal_does_not_checkpoint(path: Path) -> None:
         assert journal.checkpoints == settled
     finally:
         journal.close()
+
+
+def test_a_delivery_can_mark_the_run_in_the_same_commit(path: Path) -> None:
+    """record_delivery(mark_running_below=n) does record_running's work, except for a suspect or a finished one."""
+    journal = Journal(path, retention_s=60)
+    first = journal.record_delivery("fresh", mark_running_below=2)
+    assert first.crashes == 0 and first.running
+    # Each new Journal is a restarted process (our pid, a new token): the one before died running "fresh".
+    second = Journal(path, retention_s=60).record_delivery("fresh", mark_running_below=2)
+    assert second.crashes == 1 and second.running  # one crash, below 2: marked
+    third = Journal(path, retention_s=60).record_delivery("fresh", mark_running_below=2)
+    assert third.crashes == 2 and not third.running  # a suspect: marked only when its turn comes
+    journal.record_delivery("done")
+    journal.record_reply("done", b"reply")
+    assert not journal.record_delivery("done", mark_running_below=2).running
+    assert not journal.record_delivery("plain").running  # without the argument, nothing is marked
+
+
+def test_the_reply_takes_off_this_processs_running_mark_and_no_one_elses(path: Path) -> None:
+    journal = Journal(path, retention_s=60)
+    journal.record_delivery("ours", mark_running_below=2)
+    journal.record_reply("ours", b"reply")
+    later = Journal(path, retention_s=60)
+    later.process_token = "999999999:new"
+    journal.close()
+    assert later.record_delivery("ours").crashes == 0  # finished: not a crash, though the process is gone
+    other = Journal(path, retention_s=60)
+    other.process_token = "1:another-worker"  # pid 1 is alive
+    other.record_delivery("theirs")
+    other.record_running("theirs", isolated=True)
+    later.record_reply("theirs", b"reply")
+    row = (
+        sqlite3.connect(str(path))
+        .execute("SELECT running_by, running_isolated FROM requests WHERE key = 'theirs'")
+        .fetchone()
+    )
+    assert row == ("1:another-worker", 1)

@@ -93,6 +93,7 @@ class Outcome:
     reply: bytes | None = field(default=None, repr=False)
     dead_letter: DeadLetter | None = None
     requeue: bool = False  # hand the delivery back instead of replying
+    journaled: bool = False  # the reply is in the journal (which also ended the run's running mark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +361,9 @@ class JobRunner:
         # resume or replay (two producers may send the same bytes).
         tracking_key = key or "sha256:" + hashlib.sha256(body).hexdigest()
         if self._journal is not None:
-            entry = self._journal.record_delivery(tracking_key)
+            # Marked as run by this process in the same commit, unless it is a suspect (marked below, once it
+            # is its turn) or already finished.
+            entry = self._journal.record_delivery(tracking_key, mark_running_below=SUSPECT_AFTER_CRASHES)
             if entry.reply is not None and key is not None:
                 bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
                 return Outcome(route=route, status="REPLAYED", reply=entry.reply)
@@ -370,6 +373,9 @@ class JobRunner:
             error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
             if key is None and self._journal is not None:
                 self._journal.forget(tracking_key)  # dead-lettered: the same bytes sent again start afresh
+            elif entry is not None and entry.running:
+                assert self._journal is not None
+                self._journal.record_stopped(tracking_key)
             return self._error_outcome(route, request, None, error, bound, body=body)
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
@@ -393,12 +399,14 @@ class JobRunner:
             )
             self.suspects.acquire(rank=entry.isolated_crashes)
         try:
-            if self._journal is not None:
+            if self._journal is not None and (suspect or entry is None or not entry.running):
                 self._journal.record_running(tracking_key, isolated=suspect)
             finished = False
+            replied = False
             try:
                 outcome = self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
                 finished = not outcome.requeue
+                replied = outcome.journaled
                 return outcome
             finally:
                 if self._journal is not None:
@@ -406,7 +414,7 @@ class JobRunner:
                         # Tracked by its bytes only to count deliveries and crashes: once answered, forget it,
                         # or the next request with the same bytes would inherit its count.
                         self._journal.forget(tracking_key)
-                    else:
+                    elif not replied:  # record_reply has already taken the running mark off
                         self._journal.record_stopped(tracking_key)
         finally:
             if suspect:
@@ -486,7 +494,9 @@ class JobRunner:
         if request.want_results and results is None and job.status == "COMPLETE":
             reply["results"] = {}
         encoded = encode_reply(reply)
-        if key is not None and self._journal is not None:
+        journaled = key is not None and self._journal is not None
+        if journaled:
+            assert key is not None and self._journal is not None
             self._journal.record_reply(key, encoded)
         bound.info(
             "job_finished",
@@ -496,7 +506,7 @@ class JobRunner:
             completed=job.completed,
             failed=job.failed,
         )
-        return Outcome(route=route, status=reply["status"], reply=encoded)
+        return Outcome(route=route, status=reply["status"], reply=encoded, journaled=journaled)
 
     def _submit_recorded(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
         """Submit, with the journal marking the moment the edge may know a job the journal does not."""
@@ -757,9 +767,11 @@ class JobRunner:
             reply["job_identifier"] = job_id  # a resumed job reached the edge even if we hold no receipt
         reply["error"] = error.as_reply_error()
         encoded = encode_reply(reply)
-        if key is not None and self._journal is not None:
+        journaled = key is not None and self._journal is not None
+        if journaled:
+            assert key is not None and self._journal is not None
             self._journal.record_reply(key, encoded)
         duration = 0.0 if started is None else time.monotonic() - started
         bound.info("job_finished", status=status, code=error.code, error=error.message, duration_s=round(duration, 4))
         dead = DeadLetter(body=body, code=error.code, message=error.message) if body is not None else None
-        return Outcome(route=route, status=status, reply=encoded, dead_letter=dead)
+        return Outcome(route=route, status=status, reply=encoded, dead_letter=dead, journaled=journaled)

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 _SCHEMA = """
@@ -53,6 +53,7 @@ class JournalEntry:
     crashes: int = 0
     isolated_crashes: int = 0
     submitting: bool = False  # a process died between sending a submission and recording the edge's answer
+    running: bool = False  # record_delivery marked it as run by this process (see mark_running_below)
 
 
 class Journal:
@@ -119,11 +120,12 @@ class Journal:
         with self._lock:
             return self._select(key)
 
-    def record_delivery(self, key: str) -> JournalEntry:
+    def record_delivery(self, key: str, *, mark_running_below: int | None = None) -> JournalEntry:
         """Count one more delivery of this key (creating the entry) and return the entry as it now stands.
 
         When the entry says a process that no longer exists was running it, that process died with it: the
-        crash is counted here.
+        crash is counted here. With mark_running_below, an unfinished entry with fewer crashes than that is
+        also marked as run by this process (record_running's work in the same commit; entry.running says so).
         """
         now = time.time()
         with self._lock:
@@ -143,7 +145,19 @@ class Journal:
                         "running_by = NULL, running_isolated = 0 WHERE key = ?",
                         (1 if row[1] else 0, key),
                     )
+                marked = False
+                if mark_running_below is not None:
+                    marked = (
+                        self._db.execute(
+                            "UPDATE requests SET running_by = ?, running_isolated = 0 "
+                            "WHERE key = ? AND reply IS NULL AND crashes < ?",
+                            (self.process_token, key, mark_running_below),
+                        ).rowcount
+                        == 1
+                    )
                 entry = self._select(key)
+                if marked and entry is not None:
+                    entry = replace(entry, running=True)
                 self._db.execute("COMMIT")
                 self._writes += 1
             except BaseException:
@@ -221,10 +235,18 @@ class Journal:
             )
 
     def record_reply(self, key: str, reply: bytes) -> None:
-        """The final reply: a redelivery re-publishes it instead of doing the work again."""
+        """The final reply: a redelivery re-publishes it instead of doing the work again.
+
+        The run has ended, so this process's running mark goes in the same commit (record_stopped's work).
+        """
         with self._lock:
             self._writes += 1
-            self._db.execute("UPDATE requests SET reply = ?, updated_at = ? WHERE key = ?", (reply, time.time(), key))
+            self._db.execute(
+                "UPDATE requests SET reply = ?, updated_at = ?, "
+                "running_isolated = CASE WHEN running_by = ? THEN 0 ELSE running_isolated END, "
+                "running_by = CASE WHEN running_by = ? THEN NULL ELSE running_by END WHERE key = ?",
+                (reply, time.time(), self.process_token, self.process_token, key),
+            )
 
     def forget(self, key: str) -> None:
         with self._lock:
