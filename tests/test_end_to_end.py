@@ -604,6 +604,32 @@ def test_concurrency_8_runs_8_jobs_at_once_on_the_edge(
     assert stats["peak_running"] == 8  # at least the concurrency, and no more: the prefetch holds the rest
 
 
+def test_a_steady_model_is_followed_with_one_look_per_job(
+    worker_factory: Any, producer: Producer, collector: ReplyCollector
+) -> None:
+    """Issue 4's fewest calls: once the duration estimate has settled, one results call follows each job.
+
+    The first look comes when the model's usual run (learnt from the edge's elapsedTime) is over; a look that
+    came early would cost a second call, a status-then-results scheme two.
+    """
+    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.05, capacity=8)) as emu:
+        worker_factory(emu.url, worker__concurrency=8).start()
+
+        def batch(count: int) -> None:
+            seen = len(collector.finals())
+            for _ in range(count):
+                producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": os.urandom(64)}}})
+            collector.wait_finals(seen + count, timeout_s=60)
+
+        batch(16)  # the estimate settles (from the 50 ms default, by 30 % a job)
+        before = emu.stats()["calls"]
+        batch(200)
+        after = emu.stats()["calls"]
+    looks = after.get("results", 0) + after.get("status", 0) - before.get("results", 0) - before.get("status", 0)
+    assert after["submit"] - before["submit"] == 200
+    assert looks - 200 < 10, f"{looks - 200} of 200 jobs needed a second look"
+
+
 # -- acknowledgement after confirmation -------------------------------------------------------------
 
 
