@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,9 +197,25 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test item, so that fixtures can tell a failed test at teardown."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def worker_factory(broker_url: str, queues: Queues, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Make worker processes wired to this test's queues; all are killed at teardown."""
+def worker_factory(
+    broker_url: str, queues: Queues, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make worker processes wired to this test's queues; all are killed at teardown.
+
+    When the test failed, the end of each worker's log is printed (pytest shows it with the failure): the
+    log files live in a temporary directory that later runs remove.
+    """
     made: list[WorkerProcess] = []
 
     def make(edge_url: str, *, state_dir: Path | None = None, **overrides: Any) -> WorkerProcess:
@@ -227,6 +243,12 @@ def worker_factory(broker_url: str, queues: Queues, tmp_path: Path) -> Iterator[
     yield make
     for proc in made:
         proc.kill()
+    failed = getattr(request.node, "report_call", None)
+    if failed is not None and failed.failed:
+        for proc in made:
+            lines = proc.log_path.read_text(errors="replace").splitlines() if proc.log_path.exists() else []
+            print(f"--- {proc.log_path.name}: last {min(60, len(lines))} of {len(lines)} lines ---")
+            print("\n".join(lines[-60:]))
 
 
 # -- the producer side -----------------------------------------------------------------------------
