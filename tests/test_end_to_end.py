@@ -607,10 +607,12 @@ def test_concurrency_8_runs_8_jobs_at_once_on_the_edge(
 def test_a_steady_model_is_followed_with_one_look_per_job(
     worker_factory: Any, producer: Producer, collector: ReplyCollector
 ) -> None:
-    """Issue 4's fewest calls: once the duration estimate has settled, one results call follows each job.
+    """Issue 4's fewest calls: once the duration estimate has settled, one results call follows most jobs.
 
-    The first look comes when the model's usual run (learnt from the edge's elapsedTime) is over; a look that
-    came early would cost a second call, a status-then-results scheme two.
+    The first look comes when the model's usual run (learnt from the edge's elapsedTime) is over, timed within
+    the submission's round trip so that about one first look in 14 comes early and costs a second call (the
+    price of not waiting out the whole trip: README, "Following a job"). A status-then-results scheme would
+    make two calls a job, a fixed polling interval several.
     """
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.05, capacity=8)) as emu:
         worker_factory(emu.url, worker__concurrency=8).start()
@@ -627,7 +629,7 @@ def test_a_steady_model_is_followed_with_one_look_per_job(
         after = emu.stats()["calls"]
     looks = after.get("results", 0) + after.get("status", 0) - before.get("results", 0) - before.get("status", 0)
     assert after["submit"] - before["submit"] == 200
-    assert looks - 200 < 10, f"{looks - 200} of 200 jobs needed a second look"
+    assert looks - 200 < 40, f"{looks - 200} of 200 jobs needed a second look"
 
 
 # -- acknowledgement after confirmation -------------------------------------------------------------

@@ -152,9 +152,10 @@ def test_scrape_has_every_documented_series_with_counts_that_match(
     assert buckets == sorted(buckets)
     assert s.value("edge_worker_job_duration_seconds_bucket", le="+Inf") == 7
     assert 0 < s.value("edge_worker_job_duration_seconds_sum") < 60
-    # Each job: one submit, at least one status poll, one results read (the faulted one retried its submit).
+    # Each job: one submit (the faulted one retried it), and one results read, or two when the first look
+    # came before the job's end (by design about one first look in 14: README, "Following a job").
     assert s.value("edge_worker_edge_call_duration_seconds_count", call="submit") >= 6
-    assert s.value("edge_worker_edge_call_duration_seconds_count", call="results") == 6
+    assert 6 <= s.value("edge_worker_edge_call_duration_seconds_count", call="results") <= 12
     errors = {(x.labels["call"], x.labels["kind"]): x.value for x in s.samples("edge_worker_edge_errors_total")}
     assert errors, s.text
     assert set(errors) <= {(call, "http_5xx") for call in EDGE_CALLS}

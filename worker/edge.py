@@ -288,6 +288,7 @@ class EdgeClient:
         self, method: str, path: str, name: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         started = time.monotonic()
+        self._local.sent_at = started
         error_kind: str | None = None
         try:
             response = self._pool().urlopen(
@@ -340,6 +341,11 @@ class EdgeClient:
             return json.loads(content)
         except ValueError:
             raise EdgeUnavailable(f"edge answered {name} with something that is not JSON") from None
+
+    def last_sent_at(self) -> float | None:
+        """When this thread's last request started (time.monotonic()), whatever its outcome."""
+        sent: float | None = getattr(self._local, "sent_at", None)
+        return sent
 
     def _call(
         self,

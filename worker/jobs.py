@@ -53,10 +53,15 @@ SUSPECT_AFTER_CRASHES = 2
 # the one suspect waits this long after the first suspect of the burst arrived, so that the others (which
 # rank before it) are in line by the time the line is free.
 SUSPECT_GRACE_S = 0.5
-# The first look at a job comes this long after the receipt plus the estimate. None is needed: the edge
-# started the job before it answered, so by then the job has had its usual duration (measured: no look
-# missed in 60 sequential 50 ms jobs at 0, nor at -0.5 ms; +0.5 ms only added latency).
-FIRST_LOOK_MARGIN_S = 0.0
+# The first look at a job: the edge starts its clock somewhere between our sending the submission and its
+# receipt arriving, so the look comes at sent + share x (receipt - sent) + the usual duration. The share is
+# learnt per model: a first look that comes too early moves it up a lot, one that finds the job done moves
+# it down a little, which settles where about one first look in 14 comes early (each costs one more call,
+# a millisecond later). Measured (bench/results/profile.md): at the receipt (share 1) every look was late
+# by the receipt's trip, a median 1.3 ms of added latency more than at the sending (share 0).
+FIRST_LOOK_SHARE_START = 0.5
+FIRST_LOOK_SHARE_UP = 0.25
+FIRST_LOOK_SHARE_DOWN = 0.02
 
 
 def _job_from_results(job_id: str, base: EdgeJob | None, results: EdgeResults, status: str) -> EdgeJob:
@@ -109,12 +114,13 @@ class JobSettings:
 
 
 class DurationEstimator:
-    """A moving estimate of each model's job duration, to time the first status check."""
+    """Per model and version: a moving estimate of the job's duration, and when to take the first look."""
 
     def __init__(self, *, default_s: float = 0.05, alpha: float = 0.3) -> None:
         self._default_s = default_s
         self._alpha = alpha
         self._estimates: dict[tuple[str, str], float] = {}
+        self._shares: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def estimate(self, model: tuple[str, str]) -> float:
@@ -126,6 +132,20 @@ class DurationEstimator:
         with self._lock:
             old = self._estimates.get(model)
             self._estimates[model] = seconds if old is None else old + self._alpha * (seconds - old)
+
+    def first_look(self, model: tuple[str, str], sent_at: float, receipt_at: float) -> float:
+        """When to look first at a job submitted at sent_at whose receipt arrived at receipt_at."""
+        with self._lock:
+            share = self._shares.get(model, FIRST_LOOK_SHARE_START)
+            estimate = self._estimates.get(model, self._default_s)
+        return sent_at + share * max(0.0, receipt_at - sent_at) + estimate
+
+    def first_look_was(self, model: tuple[str, str], *, early: bool) -> None:
+        """Whether the first look found the job still running (early) or ended."""
+        with self._lock:
+            share = self._shares.get(model, FIRST_LOOK_SHARE_START)
+            share = share + FIRST_LOOK_SHARE_UP if early else share - FIRST_LOOK_SHARE_DOWN
+            self._shares[model] = min(1.0, max(0.0, share))
 
 
 class SuspectLine:
@@ -446,7 +466,7 @@ class JobRunner:
         job: EdgeJob | None = None
         results: EdgeResults | None = None
         job_id = resume_id
-        accepted_at = started
+        accepted_at = sent_at = started
         if job_id is not None:
             bound = bound.bind(job_identifier=job_id)
             bound.info("job_resumed", submits=submits)
@@ -457,6 +477,8 @@ class JobRunner:
                         raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
                     job = self._submit_recorded(request, deadline, key, bound)
                     accepted_at = time.monotonic()
+                    # The request that started the job (the submission, or the close of a chunked upload).
+                    sent_at = self._edge.last_sent_at() or accepted_at
                     job_id = job.job_identifier
                     submits += 1
                     bound = bound.bind(job_identifier=job_id)
@@ -474,7 +496,13 @@ class JobRunner:
                         self._publish_update(route, encode_reply(update), "SUBMITTED")
                 try:
                     job, results = self._follow(
-                        job_id, base=job, request=request, accepted_at=accepted_at, deadline=deadline, bound=bound
+                        job_id,
+                        base=job,
+                        request=request,
+                        sent_at=sent_at,
+                        accepted_at=accepted_at,
+                        deadline=deadline,
+                        bound=bound,
                     )
                 except JobNotFound as exc:
                     bound.warning("job_lost_by_edge", error=exc.message, submits=submits)
@@ -591,6 +619,7 @@ class JobRunner:
         *,
         base: EdgeJob | None,
         request: JobRequest,
+        sent_at: float,
         accepted_at: float,
         deadline: float,
         bound: Any,
@@ -603,9 +632,9 @@ class JobRunner:
         """
         model = (request.model_id, request.version)
         estimate = self.estimator.estimate(model)
-        # Timed from the receipt: the edge started the job before answering, so by then + its usual duration
-        # it has ended (the margin covers whole-millisecond elapsed times).
-        next_look = accepted_at + estimate + FIRST_LOOK_MARGIN_S
+        next_look = self.estimator.first_look(model, sent_at, accepted_at)
+        # A resumed job has no submission round trip of ours: its first look teaches nothing about the share.
+        submitted_here = sent_at < accepted_at
         step = max(0.001, estimate * 0.02)
         looks = 0
         last_pending = accepted_at
@@ -630,14 +659,20 @@ class JobRunner:
                 )
                 status = results.job_status() if results is not None else None
                 if status is not None and results is not None:
+                    if looks == 1 and submitted_here:
+                        self.estimator.first_look_was(model, early=False)
                     self._learn(model, accepted_at, last_pending, results.elapsed_ms)
                     return _job_from_results(job_id, base, results, status), results
                 if results is None or not results.finished:
+                    if looks == 1 and submitted_here:
+                        self.estimator.first_look_was(model, early=True)
                     last_pending = time.monotonic()
                     next_look = last_pending + step
                     step = min(step * 1.5, 2.0)
                     continue
             job = self._with_edge(lambda: self._edge.get_job(job_id, deadline=deadline), deadline, "status", bound)
+            if looks == 1 and submitted_here:
+                self.estimator.first_look_was(model, early=not job.terminal)
             if job.terminal:
                 self._learn(model, accepted_at, last_pending, job.elapsed_ms)
                 return job, results if results is not None and results.finished else None
