@@ -198,3 +198,36 @@ def test_the_workers_own_log_line_names_the_tls_failure(
     failures = worker.events("broker_connect_failed")
     assert failures, worker.tail()
     assert "CERTIFICATE_VERIFY_FAILED" in failures[0]["reason"], failures[0]
+
+
+# -- an https:// edge ---------------------------------------------------------------------------------
+
+
+def test_an_https_edge_is_verified_against_requests_ca_bundle_not_the_environments(
+    stunnel: str, tls_files: TlsFiles, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker calls the edge through the pool requests' adapter made; it must trust what requests trusts.
+
+    requests verifies against its own CA bundle (certifi); OpenSSL's default store would also take
+    SSL_CERT_FILE from the environment. With the test CA there, an edge whose certificate only that CA signs
+    must still be refused, as requests itself refuses it.
+    """
+    import requests
+
+    from worker.edge import EdgeClient
+
+    parts = urllib.parse.urlsplit(emulator.url)
+    front = StunnelFront(stunnel, tmp_path, tls_files, backend=(parts.hostname or "127.0.0.1", parts.port or 80))
+    front.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_files.ca))
+        url = f"https://localhost:{front.port}"
+        with pytest.raises(requests.exceptions.SSLError):  # requests' own verdict, for comparison
+            session = requests.Session()
+            session.trust_env = False
+            session.get(url + "/api/jobs/features", timeout=10)
+        answers, why = EdgeClient(base_url=url, request_timeout_s=10, max_attempts=1).answers()
+        assert not answers
+        assert "TLS" in why and "certificate verify failed" in why, why
+    finally:
+        front.stop()

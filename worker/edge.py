@@ -278,6 +278,9 @@ class EdgeClient:
             probe = requests.PreparedRequest()
             probe.prepare(method="GET", url=self.base_url + "/")
             made = adapter.get_connection_with_tls_context(probe, verify=True)
+            # What HTTPAdapter.send does next: for https, trust requests' CA bundle (certifi), not the
+            # system's store, so the pool verifies exactly as requests would.
+            adapter.cert_verify(made, probe.url, True, None)  # type: ignore[no-untyped-call]
             assert isinstance(made, urllib3.HTTPConnectionPool)
             pool = made
             self._local.pool = pool
