@@ -227,32 +227,41 @@ def test_a_journal_file_from_before_the_crash_columns_is_upgraded(path: Path) ->
 
 def test_the_wal_is_checkpointed_in_the_background_not_by_the_writers(path: Path) -> None:
     """Writers never pay for a checkpoint: a thread of the journal's own copies the WAL into the database."""
+    quiet = Journal(path, retention_s=60, checkpoint_interval_s=3600)  # its thread stays asleep
+    try:
+        db_size = path.stat().st_size
+        for i in range(300):  # about 1500 WAL frames: past sqlite's default threshold of 1000
+            quiet.record_delivery(f"m{i}")
+            quiet.record_reply(f"m{i}", b"r" * 200)
+        assert path.stat().st_size == db_size  # no writer checkpointed
+        assert quiet.checkpoints == 0
+    finally:
+        quiet.close()
     journal = Journal(path, retention_s=60, checkpoint_interval_s=0.05)
     try:
         db_size = path.stat().st_size
-        for i in range(300):  # far below sqlite's own (backstop) threshold: only the thread can checkpoint
+        for i in range(300, 600):
             journal.record_delivery(f"m{i}")
             journal.record_reply(f"m{i}", b"r" * 200)
         wait_until(
             lambda: journal.checkpoints >= 1 and path.stat().st_size > db_size, 10, what="a background checkpoint"
         )
         other = sqlite3.connect(str(path))
-        assert other.execute("SELECT COUNT(*) FROM requests WHERE reply IS NOT NULL").fetchone()[0] == 300
+        assert other.execute("SELECT COUNT(*) FROM requests WHERE reply IS NOT NULL").fetchone()[0] == 600
+        other.close()
     finally:
         journal.close()
     assert not journal._checkpointer.is_alive()
 
 
 def test_an_idle_journal_does_not_checkpoint(path: Path) -> None:
-    journal = Journal(path, retention_s=60, checkpoint_interval_s=0.02)
+    journal = Journal(path, retention_s=60, checkpoint_interval_s=0.01)
     try:
         journal.record_delivery("m1")
         wait_until(lambda: journal.checkpoints == 1, 10, what="the checkpoint of the one write")
-        settled = journal.checkpoints
-        # Idle now: the thread wakes but has nothing to copy. Waiting for 10 more of its intervals on the
-        # journal's own clock (a bounded wait for an absence, not a sleep for a condition).
-        threading.Event().wait(0.2)  # sleep-ok: proving nothing happens needs elapsed time
-        assert journal.checkpoints == settled
+        woken = journal.checkpoint_wakeups
+        wait_until(lambda: journal.checkpoint_wakeups >= woken + 10, 10, what="ten idle wake-ups")
+        assert journal.checkpoints == 1  # woke ten times with nothing written: no checkpoint
     finally:
         journal.close()
 
@@ -267,6 +276,8 @@ def test_a_delivery_can_mark_the_run_in_the_same_commit(path: Path) -> None:
     assert second.crashes == 1 and second.running  # one crash, below 2: marked
     third = Journal(path, retention_s=60).record_delivery("fresh", mark_running_below=2)
     assert third.crashes == 2 and not third.running  # a suspect: marked only when its turn comes
+    stored = sqlite3.connect(str(path)).execute("SELECT running_by FROM requests WHERE key = 'fresh'").fetchone()
+    assert stored == (None,)
     journal.record_delivery("done")
     journal.record_reply("done", b"reply")
     assert not journal.record_delivery("done", mark_running_below=2).running
@@ -292,3 +303,20 @@ def test_the_reply_takes_off_this_processs_running_mark_and_no_one_elses(path: P
         .fetchone()
     )
     assert row == ("1:another-worker", 1)
+
+
+def test_a_delivery_does_not_take_the_mark_of_a_live_process(path: Path) -> None:
+    """Two workers sharing a state_dir: the one that did not run it must not take over (or later clear) it."""
+    other = Journal(path, retention_s=60)
+    other.process_token = "1:another-worker"  # pid 1 is alive
+    other.record_delivery("k")
+    other.record_running("k", isolated=False)
+    journal = Journal(path, retention_s=60)
+    try:
+        entry = journal.record_delivery("k", mark_running_below=2)
+        assert not entry.running and entry.crashes == 0
+        row = sqlite3.connect(str(path)).execute("SELECT running_by FROM requests WHERE key = 'k'").fetchone()
+        assert row == ("1:another-worker",)
+    finally:
+        journal.close()
+        other.close()

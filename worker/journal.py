@@ -10,6 +10,10 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger("worker.journal")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     key          TEXT PRIMARY KEY,
@@ -86,6 +90,7 @@ class Journal:
         self._db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
         self._writes = 0  # commits since the last checkpoint (read and reset by the checkpoint thread)
         self.checkpoints = 0
+        self.checkpoint_wakeups = 0
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval_s,), name="journal-checkpoint", daemon=True
@@ -93,9 +98,15 @@ class Journal:
         self._checkpointer.start()
 
     def _checkpoint_loop(self, interval_s: float) -> None:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
+        except sqlite3.Error as exc:
+            # The writers still checkpoint at sqlite's backstop threshold: slower, never unbounded.
+            log.error("journal_checkpointer_failed", error=str(exc), path=str(self.path))
+            return
         try:
             while not self._stopping.wait(interval_s):
+                self.checkpoint_wakeups += 1
                 with self._lock:
                     written, self._writes = self._writes, 0
                 if not written:
@@ -103,8 +114,10 @@ class Journal:
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
-                except sqlite3.Error:
-                    self._writes = 1  # try again next time (the backstop covers a lasting failure)
+                except sqlite3.Error as exc:
+                    log.warning("journal_checkpoint_failed", error=str(exc))
+                    with self._lock:
+                        self._writes += 1  # try again next time
         finally:
             db.close()
 
@@ -149,9 +162,9 @@ class Journal:
                 if mark_running_below is not None:
                     marked = (
                         self._db.execute(
-                            "UPDATE requests SET running_by = ?, running_isolated = 0 "
-                            "WHERE key = ? AND reply IS NULL AND crashes < ?",
-                            (self.process_token, key, mark_running_below),
+                            "UPDATE requests SET running_by = ?, running_isolated = 0 WHERE key = ? AND "
+                            "reply IS NULL AND crashes < ? AND (running_by IS NULL OR running_by = ?)",
+                            (self.process_token, key, mark_running_below, self.process_token),
                         ).rowcount
                         == 1
                     )
