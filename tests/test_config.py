@@ -295,6 +295,13 @@ def test_bad_value_names_the_key(key: str, value: str, message: str) -> None:
     assert message in config_error(env={f"EDGE_WORKER_{key}": value})
 
 
+def test_credentials_in_the_edge_url_are_refused_without_echoing_them() -> None:
+    for url in ("http://user:s3cret-pw@127.0.0.1:55000", "https://s3cret-pw@edge.local:8443", "ftp://u:s3cret-pw@x"):
+        message = config_error(env={"EDGE_WORKER_EDGE__URL": url})
+        assert "edge.url: user and password in the URL are not supported; set edge.api_key" in message
+        assert "s3cret-pw" not in message
+
+
 def test_bad_url_is_shown_with_its_password_masked() -> None:
     message = config_error(env={"EDGE_WORKER_AMQP__URL": "http://user:hunter2@rabbit/"})
     assert "hunter2" not in message

@@ -226,6 +226,9 @@ def _validate(config: Config) -> None:
     if bool(a.tls_cert_file) != bool(a.tls_key_file):
         raise ConfigError("amqp.tls_cert_file and amqp.tls_key_file: set both for mutual TLS, or neither")
     parsed_edge = _split(e.url, "edge.url", e.url)
+    if parsed_edge.username is not None or parsed_edge.password is not None:
+        # Not echoed: it holds a secret. It would not be sent either (the edge takes an API key).
+        raise ConfigError("edge.url: user and password in the URL are not supported; set edge.api_key instead")
     if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname or not _port_ok(parsed_edge):
         raise ConfigError(f"edge.url: expected http://host:port, got {e.url!r}")
     _check_range("edge.job_timeout", e.job_timeout, 0.1, 7 * 86400)
