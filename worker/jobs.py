@@ -140,6 +140,11 @@ class DurationEstimator:
             estimate = self._estimates.get(model, self._default_s)
         return sent_at + share * max(0.0, receipt_at - sent_at) + estimate
 
+    def share(self, model: tuple[str, str]) -> float:
+        """Where in the submission's round trip the edge is taken to start this model's clock (0 to 1)."""
+        with self._lock:
+            return self._shares.get(model, FIRST_LOOK_SHARE_START)
+
     def first_look_was(self, model: tuple[str, str], *, early: bool) -> None:
         """Whether the first look found the job still running (early) or ended."""
         with self._lock:
