@@ -198,35 +198,34 @@ class Journal:
             return True
         return True  # another live worker sharing this state_dir (or a process that reused the pid)
 
+    def _write(self, sql: str, params: tuple[object, ...], *, unless_closed: bool = False) -> int:
+        """One single-statement write (its own commit), counted for the checkpoint thread; rows changed."""
+        with self._lock:
+            if unless_closed and self._closed:
+                return 0
+            self._writes += 1
+            return self._db.execute(sql, params).rowcount
+
     def record_running(self, key: str, *, isolated: bool) -> None:
         """This process starts running the request: if it dies before record_stopped, the next one knows."""
-        with self._lock:
-            self._writes += 1
-            self._db.execute(
-                "UPDATE requests SET running_by = ?, running_isolated = ?, updated_at = ? WHERE key = ?",
-                (self.process_token, 1 if isolated else 0, time.time(), key),
-            )
+        self._write(
+            "UPDATE requests SET running_by = ?, running_isolated = ?, updated_at = ? WHERE key = ?",
+            (self.process_token, 1 if isolated else 0, time.time(), key),
+        )
 
     def record_stopped(self, key: str) -> None:
         """The run ended (finished, failed, or handed back) without the process dying."""
-        with self._lock:
-            self._writes += 1
-            if self._closed:
-                return
-            self._db.execute(
-                "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE key = ? AND running_by = ?",
-                (key, self.process_token),
-            )
+        self._write(
+            "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE key = ? AND running_by = ?",
+            (key, self.process_token),
+            unless_closed=True,  # a job thread ending after the close: harmless
+        )
 
     def release_all(self) -> int:
         """At a clean exit: the requests this process still runs were handed back, not crashed with."""
-        with self._lock:
-            self._writes += 1
-            cursor = self._db.execute(
-                "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE running_by = ?",
-                (self.process_token,),
-            )
-        return cursor.rowcount
+        return self._write(
+            "UPDATE requests SET running_by = NULL, running_isolated = 0 WHERE running_by = ?", (self.process_token,)
+        )
 
     def record_submitting(self, key: str, submitting: bool = True) -> None:
         """A submission is about to go out (True), or ended without a job (False).
@@ -234,37 +233,29 @@ class Journal:
         The edge has no idempotency key and no job listing: if the process dies after the edge accepted a
         job but before record_job, that job cannot be found again. This mark lets the next delivery say so.
         """
-        with self._lock:
-            self._writes += 1
-            self._db.execute("UPDATE requests SET submitting = ? WHERE key = ?", (1 if submitting else 0, key))
+        self._write("UPDATE requests SET submitting = ? WHERE key = ?", (1 if submitting else 0, key))
 
     def record_job(self, key: str, job_id: str) -> None:
         """The edge accepted a job for this key: from now on a redelivery resumes it."""
-        with self._lock:
-            self._writes += 1
-            self._db.execute(
-                "UPDATE requests SET job_id = ?, submits = submits + 1, submitting = 0, updated_at = ? WHERE key = ?",
-                (job_id, time.time(), key),
-            )
+        self._write(
+            "UPDATE requests SET job_id = ?, submits = submits + 1, submitting = 0, updated_at = ? WHERE key = ?",
+            (job_id, time.time(), key),
+        )
 
     def record_reply(self, key: str, reply: bytes) -> None:
         """The final reply: a redelivery re-publishes it instead of doing the work again.
 
         The run has ended, so this process's running mark goes in the same commit (record_stopped's work).
         """
-        with self._lock:
-            self._writes += 1
-            self._db.execute(
-                "UPDATE requests SET reply = ?, updated_at = ?, "
-                "running_isolated = CASE WHEN running_by = ? THEN 0 ELSE running_isolated END, "
-                "running_by = CASE WHEN running_by = ? THEN NULL ELSE running_by END WHERE key = ?",
-                (reply, time.time(), self.process_token, self.process_token, key),
-            )
+        self._write(
+            "UPDATE requests SET reply = ?, updated_at = ?, "
+            "running_isolated = CASE WHEN running_by = ? THEN 0 ELSE running_isolated END, "
+            "running_by = CASE WHEN running_by = ? THEN NULL ELSE running_by END WHERE key = ?",
+            (reply, time.time(), self.process_token, self.process_token, key),
+        )
 
     def forget(self, key: str) -> None:
-        with self._lock:
-            self._writes += 1
-            self._db.execute("DELETE FROM requests WHERE key = ?", (key,))
+        self._write("DELETE FROM requests WHERE key = ?", (key,))
 
     def expire(self, *, now: float | None = None, unfinished_after_s: float = 7200.0) -> int:
         """Drop finished entries older than the retention, and abandoned unfinished ones; returns how many."""
@@ -273,12 +264,9 @@ class Journal:
         # An unfinished entry may belong to a job still running: keep it at least as long as a delivery can
         # stay unacknowledged, whatever the retention says.
         stale = now - max(self._retention_s, unfinished_after_s)
-        with self._lock:
-            self._writes += 1
-            cursor = self._db.execute(
-                "DELETE FROM requests WHERE (reply IS NOT NULL AND updated_at < ?) OR updated_at < ?", (cutoff, stale)
-            )
-        return cursor.rowcount
+        return self._write(
+            "DELETE FROM requests WHERE (reply IS NOT NULL AND updated_at < ?) OR updated_at < ?", (cutoff, stale)
+        )
 
     def count(self) -> int:
         with self._lock:
