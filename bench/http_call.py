@@ -30,8 +30,10 @@ import urllib3
 HEADERS = {"Accept": "application/json"}
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    argv = [sys.executable, "-m", "worker", "emulator", "--port", "0", "--latency", "0", "--capacity", "0"]
+def start_emulator(latency_s: float = 0.0, capacity: int = 0) -> tuple[subprocess.Popen[str], str]:
+    """`python -m worker emulator` on a free port (capacity 0: unlimited slots); the process and its URL."""
+    argv = [sys.executable, "-m", "worker", "emulator", "--port", "0"]
+    argv += ["--latency", str(latency_s), "--capacity", str(capacity)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert child.stdout is not None
     for line in child.stdout:

@@ -25,8 +25,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from bench.http_call import start_emulator
 from bench.run import BROKER_URL, MODEL, Broker, Publisher, ReplySink, request_body
 
 Event = tuple[float, str, str | None]  # (monotonic time, hop, message id)
@@ -82,24 +83,6 @@ def run_traced_worker(out_path: str) -> int:
         Path(out_path).write_text(json.dumps(events))
 
 
-def _drain(stream: IO[str]) -> None:
-    for _ in stream:
-        pass
-
-
-def _start_emulator(latency_s: float, slots: int) -> tuple[subprocess.Popen[str], str]:
-    argv = [sys.executable, "-m", "worker", "emulator", "--port", "0", "--latency", str(latency_s)]
-    child = subprocess.Popen(
-        [*argv, "--capacity", str(slots)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert child.stdout is not None
-    for line in child.stdout:
-        if "emulator_listening" in line:
-            threading.Thread(target=_drain, args=(child.stdout,), daemon=True).start()
-            return child, str(json.loads(line)["url"])
-    raise SystemExit("the emulator did not start")
-
-
 def _first(events: list[tuple[float, str]], name: str) -> float | None:
     return next((t for t, n in events if n == name), None)
 
@@ -151,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_traced_worker(args.as_worker)
     concurrent = args.concurrency > 0
     count = args.requests or (800 if concurrent else 200)
-    emulator, url = _start_emulator(0.05, 8 if concurrent else 1)
+    emulator, url = start_emulator(0.05, 8 if concurrent else 1)
     prefix = f"bench.trace.{uuid.uuid4().hex[:8]}"
     queues = (f"{prefix}.jobs", f"{prefix}.replies", f"{prefix}.dead")
     workdir = Path(tempfile.mkdtemp(prefix="edge-worker-trace-"))
