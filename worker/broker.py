@@ -22,8 +22,8 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 from pika.adapters.utils import connection_workflow
 
+from worker.backoff import backoff_delay
 from worker.config import AmqpConfig, broker_urls, describe_url
-from worker.edge import backoff_delay
 from worker.errors import ConfigError, QueueMismatch
 
 log = structlog.get_logger("worker.broker")

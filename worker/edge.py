@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import re
 import threading
 import time
@@ -26,6 +25,7 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+from worker.backoff import backoff_delay
 from worker.errors import EdgeError, EdgeRejected, EdgeUnavailable, JobNotFound, ModelNotFound
 
 log = structlog.get_logger("worker.edge")
@@ -35,8 +35,6 @@ _STATUS_SPELLINGS = {"COMPLETED": "COMPLETE", "CANCELLED": "CANCELED", "TIMEDOUT
 _KNOWN_PENDING = frozenset({"SUBMITTED", "QUEUED", "IN_PROGRESS", "FETCHING", "OPEN", "UNKNOWN", ""})
 _seen_unknown_statuses: set[str] = set()
 _DEFAULT_CHUNK_BYTES = 1 << 20  # the SDK's fallback when the edge does not say
-_BACKOFF_BASE_S = 0.1
-_BACKOFF_CAP_S = 5.0
 
 
 def normalize_status(raw: Any) -> str:
@@ -47,11 +45,6 @@ def normalize_status(raw: Any) -> str:
         _seen_unknown_statuses.add(status)
         log.warning("edge_status_unknown", edge_status=status, treated_as="pending")
     return status
-
-
-def backoff_delay(attempt: int, *, base_s: float = _BACKOFF_BASE_S, cap_s: float = _BACKOFF_CAP_S) -> float:
-    """Capped exponential backoff with full jitter (attempt counts from 1)."""
-    return random.uniform(0, min(cap_s, base_s * (2 ** (attempt - 1))))
 
 
 def parse_size(text: Any) -> int | None:

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from worker.edge import EdgeClient, EdgeJob, EdgeResults, backoff_delay
+from worker.backoff import backoff_delay
+from worker.edge import EdgeClient, EdgeJob, EdgeResults
 from worker.errors import (
     DeliveryLimit,
     EdgeError,

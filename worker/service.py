@@ -18,9 +18,10 @@ import pika
 import structlog
 from pika.adapters.select_connection import IOLoop
 
+from worker.backoff import backoff_delay
 from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
-from worker.edge import EdgeClient, backoff_delay
+from worker.edge import EdgeClient
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
 from worker.jobs import EdgeGate, JobRunner, JobSettings, Outcome
 from worker.journal import Journal
