@@ -188,9 +188,13 @@ def codes_in_code() -> tuple[set[str], set[str]]:
                         isinstance(t, ast.Name) and t.id == "code" for t in item.targets
                     ):
                         found |= _constants(item.value)
-                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                        if item.target.id == "code" and item.value is not None:
-                            found |= _constants(item.value)
+                    if (
+                        isinstance(item, ast.AnnAssign)
+                        and isinstance(item.target, ast.Name)
+                        and item.target.id == "code"
+                        and item.value is not None
+                    ):
+                        found |= _constants(item.value)
             elif isinstance(node, ast.Call):
                 found |= {c for kw in node.keywords if kw.arg == "code" for c in _constants(kw.value)}
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
