@@ -12,6 +12,7 @@ Three kinds of check, kept apart so that a failure says which side moved:
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import re
@@ -43,6 +44,35 @@ def parse_document(path: Path) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(result.stdout)
     assert (result.returncode == 0) == parsed["valid"], (result.returncode, result.stderr[-2000:])
     return parsed
+
+
+def validate_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check {message, part, value} items against the document's schemas (ajv, via validate-messages.mjs)."""
+    node = node_binary()
+    npm_install(NODE_TOOLS)
+    result = subprocess.run(
+        [node, str(NODE_TOOLS / "validate-messages.mjs"), str(DOCUMENT)],
+        input=json.dumps(items),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdicts: list[dict[str, Any]] = json.loads(result.stdout)
+    assert len(verdicts) == len(items)
+    return verdicts
+
+
+def as_json(value: Any) -> Any:
+    """A msgpack value as JSON sees it: bins become (base64) strings, which the schemas call format binary."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {str(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    return value
 
 
 @cache
@@ -266,7 +296,8 @@ def test_reply_keys_and_headers_a_real_worker_publishes_are_the_documents(
 
     headers_schema = schemas(parsed)["ReplyHeaders"]
     documented = set(headers_schema["properties"])
-    for props, _reply in collector.all:
+    items: list[dict[str, Any]] = []
+    for props, reply in collector.all:
         fields = {
             "content_type": props.content_type,
             "delivery_mode": props.delivery_mode,
@@ -282,3 +313,47 @@ def test_reply_keys_and_headers_a_real_worker_publishes_are_the_documents(
         assert fields["content_type"] == headers_schema["properties"]["content_type"]["const"]
         assert fields["type"] == headers_schema["properties"]["type"]["const"]
         assert fields["delivery_mode"] == headers_schema["properties"]["delivery_mode"]["const"]
+        items.append({"message": "JobStatus", "part": "payload", "value": as_json(reply)})
+        items.append({"message": "JobStatus", "part": "headers", "value": {k: fields[k] for k in present}})
+
+    # Every real reply, body and properties, against the document's JSON Schemas (types, enums, required keys).
+    verdicts = validate_messages(items)
+    wrong = [
+        (item["part"], item["value"].get("status"), v["errors"])
+        for item, v in zip(items, verdicts, strict=True)
+        if not v["valid"]
+    ]
+    assert not wrong, wrong
+
+
+def test_schemas_accept_the_requests_the_worker_accepts_and_refuse_what_it_rejects() -> None:
+    """The request schema against requests the worker's own decoder accepts or rejects (no broker needed)."""
+    from worker.errors import InvalidRequest
+    from worker.messages import request_from_map
+
+    good = [
+        TWO_SOURCES,
+        {"model": "sha256", "version": "1.0.0", "sources": {"image": b"\x00"}},  # the shorthand
+        {"model": {"identifier": "sleep", "version": "1.0.0"}, "sources": {"job": {"seconds": "0.1"}}, "x": 1},
+        {"model": "m", "version": "1", "sources": {"a": {"b": "t"}}, "timeout": 2.5, "results": False},
+    ]
+    bad = [
+        {"model": "sha256", "sources": {"image": b"\x00"}},  # a str model without version
+        {"model": {"identifier": "a", "version": "1"}, "sources": {"a/b": {"c": b"x"}}},  # '/' in a name
+        {"model": {"identifier": "a", "version": "1"}, "sources": {"a": {"c": 1}}},  # an int input
+        {"model": {"identifier": "a", "version": "1"}, "sources": {}},  # no input item
+        {"model": {"identifier": "a", "version": "1"}, "sources": {"a": {"c": b"x"}}, "timeout": 0},
+        {"model": {"identifier": "a", "version": "1"}, "sources": {"a": {"c": b"x"}}, "explain": "yes"},
+        {"sources": {"a": {"c": b"x"}}},  # no model
+    ]
+    for request in good:
+        request_from_map(request)  # the worker accepts it
+    for request in bad:
+        with pytest.raises(InvalidRequest):
+            request_from_map(request)
+    items = [{"message": "JobRequest", "part": "payload", "value": as_json(r)} for r in good + bad]
+    verdicts = [v["valid"] for v in validate_messages(items)]
+    assert verdicts == [True] * len(good) + [False] * len(bad)
+    # A reply that breaks the schema is refused too: the reply check above can fail.
+    broken = [{"message": "JobStatus", "part": "payload", "value": {"status": "DONE", "final": True}}]
+    assert validate_messages(broken)[0]["valid"] is False
