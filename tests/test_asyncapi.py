@@ -4,9 +4,12 @@ Three kinds of check, kept apart so that a failure says which side moved:
 - the parser (`@asyncapi/parser` from npm, run by tests/node/validate.mjs) accepts the document, and
   refuses a broken copy of it (so the check can fail);
 - the document against the contract (docs/contract.md, and ../shared/spec/interface.md when it is beside
-  the checkout): the same error codes, dead-letter codes and reply keys;
-- the document against the code: the error codes the code emits (read from its source), and the reply
-  keys and headers a real worker publishes (read from real replies over the real broker).
+  the checkout or SHARED_DIR names it): the same error codes, dead-letter codes and reply keys; and
+  contract.md's configuration keys against the shared page's and the code's;
+- the document against the code: the error codes the code emits (read from its source), the reply keys and
+  headers a real worker publishes (read from real replies over the real broker), and the document's JSON
+  Schemas (checked with ajv) against those replies and against requests the worker's decoder accepts or
+  rejects.
 """
 
 from __future__ import annotations
@@ -185,6 +188,55 @@ def test_contract_md_has_every_code_of_the_shared_contract() -> None:
     shared_codes = set(re.findall(r"`([A-Z][A-Z_]{3,})`", paragraph)) - {"COMPLETE", "ERROR"}
     ours, _ = contract_error_codes()
     assert ours - CODES_BEYOND_SHARED_CONTRACT == shared_codes
+
+
+def contract_config_keys() -> set[str]:
+    """`section.key` for every row of the configuration tables in docs/contract.md §6."""
+    keys: set[str] = set()
+    section = ""
+    for line in contract_section(6).splitlines():
+        heading = re.match(r"^### `\[(\w+)\]`", line)
+        if heading:
+            section = heading.group(1)
+        cell = re.match(r"^\| ((?:`[a-z_.]+`(?:, )?)+) \|", line)
+        if cell and section:
+            for key in re.findall(r"`([a-z_.]+)`", cell.group(1)):
+                keys.add(key if "." in key else f"{section}.{key}")
+    return keys
+
+
+def test_contract_md_has_every_config_key_of_the_shared_contract() -> None:
+    shared = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")) / "spec" / "interface.md"
+    if not shared.is_file():
+        pytest.skip(f"no shared contract at {shared} (set SHARED_DIR to compare)")
+    block = shared.read_text().split("```toml", 1)[1].split("```", 1)[0]
+    shared_keys: set[str] = set()
+    section = ""
+    for line in block.splitlines():
+        heading = re.match(r"^\[(\w+)\]", line)
+        if heading:
+            section = heading.group(1)
+        key = re.match(r"^#?\s*([a-z_]+) = ", line)
+        if key and section:
+            shared_keys.add(f"{section}.{key.group(1)}")
+    ours = contract_config_keys()
+    assert len(shared_keys) > 30
+    assert shared_keys - ours == set(), "keys of the shared contract that docs/contract.md lacks"
+
+
+def test_contract_md_lists_every_key_the_code_takes() -> None:
+    """Every configuration key the code reads is documented in docs/contract.md §6."""
+    import dataclasses
+
+    from worker.config import Config
+
+    code_keys = {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(Config)
+        if section.name != "source"  # where the configuration came from, not a key
+        for f in dataclasses.fields(getattr(Config(), section.name))
+    } - {"amqp.password"}  # resolved from the password file or credential, never set as a key
+    assert code_keys - contract_config_keys() == set()
 
 
 # -- the document against the code ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""docs/grafana/edge-worker.json: every series its queries name is one a real worker exports.
+"""docs/grafana/edge-worker.json and docs/contract.md §9: every series they name is one a real worker exports.
 
 A real worker (with metrics.listen on a free port) runs a few requests against the real broker and the
 emulator; its /metrics is parsed with prometheus-client's own parser. Series that have no sample yet (a
@@ -21,6 +21,7 @@ from tests.conftest import Producer, ReplyCollector, wait_until
 from tests.tlskit import free_port
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "edge-worker.json"
+CONTRACT = DASHBOARD.parent.parent / "contract.md"
 NAME = re.compile(r"\bedge_worker_[a-z_]+")
 # The gauge another change adds (contract §5, "a misbehaving broker"): checked on its own, below.
 CONSUMING = "edge_worker_consuming"
@@ -33,6 +34,13 @@ SUFFIXES = {
 }
 # Labels Prometheus adds at scrape time, and the histogram bucket label.
 SCRAPE_LABELS = {"instance", "job", "le"}
+
+
+def contract_series() -> set[str]:
+    """The series names in the first column of docs/contract.md §9's table."""
+    text = CONTRACT.read_text()
+    section = text.split("## 9. ", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(edge_worker_[a-z_]+)` \|", section, re.M))
 
 
 def load() -> dict[str, Any]:
@@ -99,7 +107,9 @@ class Exported:
 
     def __init__(self, text: str) -> None:
         self.labels: dict[str, set[str]] = {}
+        self.families: dict[str, str] = {}  # family name (a histogram's bare name, a counter's without _total) → type
         for family in text_string_to_metric_families(text):
+            self.families[family.name] = family.type
             for suffix in SUFFIXES.get(family.type, ("",)):
                 self.labels.setdefault(family.name + suffix, set())
             for sample in family.samples:
@@ -146,11 +156,17 @@ def test_every_series_the_dashboard_names_is_exported(scrape_text: str) -> None:
         known = set().union(*(exported.labels.get(n, set()) for n in names)) | SCRAPE_LABELS
         unknown_labels += [f"{title}: {label}" for label in sorted(grouping_labels(expr) - known)]
     assert not missing, f"series the dashboard queries but the worker does not export: {missing}"
+    # The series list of the contract (docs/contract.md §9), against the same scrape.
+    listed = contract_series() - {CONSUMING}
+    assert len(listed) >= 13
+    lacking = sorted(n for n in listed if n not in exported and exported.families.get(n) != "histogram")
+    assert lacking == [], "series docs/contract.md lists but the worker lacks"
     assert not unknown_labels, f"labels the dashboard groups or filters by that the series lack: {unknown_labels}"
 
 
 def test_consuming_gauge_is_exported__fails_until_it_lands(scrape_text: str) -> None:
     """MAY FAIL until `edge_worker_consuming` (contract §5, §9) is in the worker on main: the "Consuming" panel."""
     assert any(CONSUMING in names_in(expr) for _title, expr in queries(load()))
+    assert CONSUMING in contract_series()
     exported = Exported(scrape_text)
     assert CONSUMING in exported, f"{CONSUMING} is not exported yet"
