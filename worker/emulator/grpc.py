@@ -1,6 +1,7 @@
 """The gRPC face: jobs.v1.JobService and results.v1.ResultsService as the edge SDK calls them, over the
 same EdgeState as the HTTP face. Answers are the state's proto3 JSON parsed into the generated messages;
-errors are gRPC status codes; the receive limit is a stock server's (max_request_bytes, 4 MiB)."""
+errors are gRPC status codes; the receive limit is a stock server's (max_request_bytes, 4 MiB), refused
+with grpc-go's RESOURCE_EXHAUSTED message (a Go server is what serves a real edge) and counted."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from worker._proto.jobs.v1 import jobs_pb2
 from worker._proto.results.v1 import results_pb2
-from worker.emulator.errors import EdgeError, injected_unavailable
+from worker.emulator.errors import INTERNAL, RESOURCE_EXHAUSTED, EdgeError, injected_unavailable
 from worker.emulator.state import EdgeState
 from worker.emulator.submission import JobFilter, parse_submission
 
@@ -23,6 +24,9 @@ RESULTS_SERVICE = results_pb2.DESCRIPTOR.services_by_name["ResultsService"].full
 _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 _FACE = "grpc"
 _MAX_WORKERS = 64  # calls served at once; more wait in the server's queue
+# Messages up to this size reach the handler, which refuses those over max_request_bytes itself (counted,
+# in grpc-go's words); grpcio refuses larger ones on its own, uncounted.
+_TRANSPORT_LIMIT_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[Any], Message]
 M = TypeVar("M", bound=Message)
@@ -38,7 +42,7 @@ class GrpcFace:
         self._server: grpc.Server | None = None
 
     def start(self) -> None:
-        limit = self.state.config.max_request_bytes
+        limit = max(self.state.config.max_request_bytes, _TRANSPORT_LIMIT_BYTES)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="edge-emulator-grpc"),
             handlers=[self._job_service(), self._results_service()],
@@ -89,22 +93,33 @@ class GrpcFace:
         )
 
     def _unary(self, call: str, request_type: type[Message], handler: Handler) -> grpc.RpcMethodHandler[Any, Any]:
-        """One method: injected faults first, then the call counted, EdgeError answered as a status."""
+        """One method: injected faults first, then the size limit, then the call counted and served; an
+        EdgeError is answered as a status."""
         state = self.state
+        limit = state.config.max_request_bytes
 
-        def serve(request: Any, context: grpc.ServicerContext) -> Message:
+        def serve(raw: bytes, context: grpc.ServicerContext) -> Message:
             if state.draw_injected_failure():
                 _abort(context, injected_unavailable())
+            if len(raw) > limit:
+                state.count_too_large()
+                _abort(
+                    context,
+                    EdgeError(RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({len(raw)} vs. {limit})"),
+                )
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError:
+                _abort(context, EdgeError(INTERNAL, f"grpc: error unmarshalling request: {request_type.__name__}"))
             state.count_call(call, _FACE)
             try:
                 return handler(request)
             except EdgeError as exc:
                 _abort(context, exc)
 
+        # No request deserializer: the handler gets the bytes, to measure them before decoding.
         return grpc.unary_unary_rpc_method_handler(
-            serve,
-            request_deserializer=request_type.FromString,
-            response_serializer=lambda message: message.SerializeToString(),
+            serve, response_serializer=lambda message: message.SerializeToString()
         )
 
     def _submit_job(self, request: jobs_pb2.JobSubmission) -> Message:
