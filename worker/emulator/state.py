@@ -100,11 +100,7 @@ class EdgeState:
         if len(data) > self.config.chunk_size_bytes:
             raise invalid(f"chunk of {len(data)} bytes is larger than the maximum of {self.config.chunk_size_bytes}")
         with self._lock:
-            now = self._advance()
-            job = self._find(job_id)
-            status = job.status(now)
-            if status != "OPEN":
-                raise EdgeError(FAILED_PRECONDITION, f"job {job_id} is {status}, not OPEN")
+            job = self._open_job(job_id, self._advance())
             values = job.inputs.get(source)
             if values is None:
                 if len(job.inputs) >= MAXIMUM_INPUTS_PER_JOB:
@@ -122,10 +118,7 @@ class EdgeState:
     def close(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             now = self._advance()
-            job = self._find(job_id)
-            status = job.status(now)
-            if status != "OPEN":
-                raise EdgeError(FAILED_PRECONDITION, f"job {job_id} is {status}, not OPEN")
+            job = self._open_job(job_id, now)
             if not job.inputs:
                 raise EdgeError(FAILED_PRECONDITION, f"job {job_id} has no inputs to close")
             self._jobs_closed += 1
@@ -247,6 +240,13 @@ class EdgeState:
         job = self._jobs.get(job_id)
         if job is None:
             raise EdgeError(NOT_FOUND, f"job {job_id} not found")
+        return job
+
+    def _open_job(self, job_id: str, now: float) -> Job:
+        job = self._find(job_id)
+        status = job.status(now)
+        if status != "OPEN":
+            raise EdgeError(FAILED_PRECONDITION, f"job {job_id} is {status}, not OPEN")
         return job
 
     def _reset_slots(self, now: float) -> None:
