@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
@@ -19,7 +16,7 @@ from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
 from worker.edge import EdgeClient
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
-from worker.jobs import EdgeGate, JobRunner, JobSettings, Outcome
+from worker.jobs import EdgeGate, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
 from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
@@ -41,36 +38,6 @@ class _InFlight:
 
     key: str | None
     deliveries: list[Delivery] = field(default_factory=list)
-
-
-class _JobThreads:
-    """A fixed pool of daemon threads for the jobs.
-
-    Not a ThreadPoolExecutor: the interpreter joins an executor's threads at exit, so a job handed back at
-    the drain timeout would hold the process until the job ended at the edge (up to edge.job_timeout),
-    defeating worker.drain_timeout. A handed-back job's edge job id is in the journal: the next worker
-    resumes it, so nothing is lost by leaving it behind.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"job-{i}", daemon=True) for i in range(size)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, work: Callable[[], None]) -> None:
-        self._work.put(work)
-
-    def _serve(self) -> None:
-        while (work := self._work.get()) is not None:
-            try:
-                work()
-            except Exception:  # a thread must survive anything to serve the next job
-                log.exception("job_thread_error")
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._work.put(None)
 
 
 def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
@@ -101,12 +68,11 @@ class Daemon:
         self._active: set[_InFlight] = set()
         self._last_expiry = 0.0
         self._last_edge_probe = time.monotonic()
-        self._probing = threading.Event()
         self._startup_done = False
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
-        self._threads: _JobThreads | None = None
+        self._threads: JobThreads | None = None
         self._link = BrokerLink(
             ioloop=self._ioloop,
             amqp=config.amqp,
@@ -203,7 +169,7 @@ class Daemon:
             log.info("worker_exit", reason="signal during start-up", exit_code=0)
             self._shutdown_helpers()
             return int(ExitCode.OK)
-        self._threads = _JobThreads(cfg.worker.concurrency)
+        self._threads = JobThreads(cfg.worker.concurrency)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
         self._notifier.status("connecting to the broker")
@@ -362,19 +328,8 @@ class Daemon:
             self._maybe_finish_drain()
         elif not self._active and self._gate.is_up and now - self._last_edge_probe >= IDLE_EDGE_PROBE_S:
             self._last_edge_probe = now
-            if not self._probing.is_set():
-                self._probing.set()
-                threading.Thread(target=self._probe_idle_edge, name="edge-idle-probe", daemon=True).start()
+            self._gate.probe_idle()
         self._ioloop.call_later(TICK_S, self._tick)
-
-    def _probe_idle_edge(self) -> None:
-        """Off the loop: one probe; an edge that stopped answering while idle pauses intake like any outage."""
-        try:
-            answers, why = self._edge.answers()
-            if not answers:
-                self._gate.report_down(f"idle probe: {why}")
-        finally:
-            self._probing.clear()
 
     def _status_line(self) -> str:
         if self._draining:

@@ -12,6 +12,7 @@ from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.runner import JobRunner, JobSettings
 from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SUSPECT_GRACE_S, SuspectLine
+from worker.jobs.threads import JobThreads
 
 __all__ = [
     "FIRST_LOOK_SHARE_DOWN",
@@ -26,6 +27,7 @@ __all__ = [
     "JobFollower",
     "JobRunner",
     "JobSettings",
+    "JobThreads",
     "Outcome",
     "SuspectLine",
 ]

@@ -29,6 +29,7 @@ class EdgeGate:
         self._up.set()
         self._lock = threading.Lock()
         self._prober: threading.Thread | None = None
+        self._idle_probing = threading.Event()
         self._stopped = threading.Event()
 
     @property
@@ -57,6 +58,13 @@ class EdgeGate:
             self._up.wait(min(remaining, 0.5))
         return True
 
+    def probe_idle(self) -> None:
+        """One probe off the caller's thread: an edge that stopped answering while idle is an outage too."""
+        if self._idle_probing.is_set():
+            return
+        self._idle_probing.set()
+        threading.Thread(target=self._probe_once, name="edge-idle-probe", daemon=True).start()
+
     def call(self, step: Callable[[], T], deadline: float, name: str, bound: Any) -> T:
         """Run one edge step; while the edge is down, wait for it to come back until the job's deadline."""
         while True:
@@ -74,6 +82,14 @@ class EdgeGate:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _probe_once(self) -> None:
+        try:
+            answers, why = self._client.answers()
+            if not answers:
+                self.report_down(f"idle probe: {why}")
+        finally:
+            self._idle_probing.clear()
 
     def _probe_until_up(self) -> None:
         attempt = 0
