@@ -69,6 +69,7 @@ class Daemon:
         self._last_expiry = 0.0
         self._last_edge_probe = time.monotonic()
         self._startup_done = False
+        self._last_status: str | None = None  # the last STATUS= sent
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
@@ -172,7 +173,7 @@ class Daemon:
         self._threads = JobThreads(cfg.worker.concurrency)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
-        self._notifier.status("connecting to the broker")
+        self._say("connecting to the broker")
         self._link.start()
         self._ioloop.start()
         self._shutdown_helpers()
@@ -189,7 +190,7 @@ class Daemon:
                 log.info("edge_reachable", url=self._config.edge.url, attempts=attempt)
                 return
             if attempt == 1:
-                self._notifier.status(f"waiting for the edge at {self._config.edge.url}")
+                self._say(f"waiting for the edge at {self._config.edge.url}")
                 log.warning("edge_waiting", url=self._config.edge.url, error=why)
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(f"edge at {self._config.edge.url}: {why}")
@@ -243,13 +244,14 @@ class Daemon:
             self._link.pause_consuming()
         if not self._startup_done:
             self._startup_done = True
-            self._notifier.ready(status=self._status_line())
+            self._last_status = self._status_line()
+            self._notifier.ready(status=self._last_status)
         else:
-            self._notifier.status(self._status_line())
+            self._say(self._status_line())
 
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
-        self._notifier.status(f"waiting for the broker: {reason}"[:200])
+        self._say(f"waiting for the broker: {reason}"[:200])
         if self._draining and not self._active and not self._outbox:
             self._link.close()
 
@@ -311,13 +313,18 @@ class Daemon:
             self._link.resume_consuming()
         else:
             self._link.pause_consuming()
-        self._notifier.status(self._status_line())
+        self._say(self._status_line())
 
     # -- the loop's heartbeat ----------------------------------------------------------------------
 
     def _tick(self) -> None:
         self.metrics.tick()
         self._notifier.watchdog()
+        if self._startup_done and self._link.ready:
+            # The in-flight count changes with every job: told at most once a tick, not on every change.
+            line = self._status_line()
+            if line != self._last_status:
+                self._say(line)
         now = time.monotonic()
         if self._journal is not None and now - self._last_expiry >= JOURNAL_EXPIRY_EVERY_S:
             self._last_expiry = now
@@ -330,6 +337,10 @@ class Daemon:
             self._last_edge_probe = now
             self._gate.probe_idle()
         self._ioloop.call_later(TICK_S, self._tick)
+
+    def _say(self, status: str) -> None:
+        self._last_status = status
+        self._notifier.status(status)
 
     def _status_line(self) -> str:
         if self._draining:
@@ -354,7 +365,8 @@ class Daemon:
             in_flight=len(self._active),
             drain_timeout_s=self._config.worker.drain_timeout,
         )
-        self._notifier.stopping(status=self._status_line())
+        self._last_status = self._status_line()
+        self._notifier.stopping(status=self._last_status)
         self._link.pause_consuming()
         self._maybe_finish_drain()
 
