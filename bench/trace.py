@@ -77,7 +77,7 @@ def run_traced_worker(out_path: str) -> int:
         pending = self._pending.get(frame.method.delivery_tag)
         return pending.correlation_id if pending else None
 
-    wrap(broker.BrokerLink, "_on_confirm", "confirm", confirmed_key, after=False)
+    wrap(broker.Confirms, "on_confirm", "confirm", confirmed_key, after=False)
     wrap(broker.BrokerLink, "ack", "ack", lambda s, d: d.properties.message_id, after=False)
     try:
         return cli.main(["run"])
