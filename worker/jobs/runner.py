@@ -17,11 +17,19 @@ from typing import Any
 import structlog
 
 from worker.edge import EdgeClient, EdgeJob, EdgeResults
-from worker.errors import DeliveryLimit, EdgeError, EdgeUnavailable, InvalidRequest, JobError, JobNotFound, JobTimeout
+from worker.errors import (
+    DeliveryLimit,
+    EdgeError,
+    InvalidRequest,
+    JobError,
+    JobNotFound,
+    JobTimeout,
+)
 from worker.jobs.follow import DurationEstimator, JobFollower
 from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
+from worker.jobs.submit import Submitter
 from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SuspectLine
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
@@ -66,6 +74,7 @@ class JobRunner:
         self._metrics = metrics
         self._publish_update = publish_update
         self.estimator = DurationEstimator()
+        self._submitter = Submitter(edge=edge, gate=gate, journal=journal, settings=settings)
         self._follower = JobFollower(edge=edge, gate=gate, estimator=self.estimator, pause=self._pause)
         self._stopping = threading.Event()
         self.suspects = SuspectLine()
@@ -259,7 +268,7 @@ class JobRunner:
                 if job_id is None:
                     if submits > self._settings.max_resubmits:
                         raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
-                    job = self._submit_recorded(request, deadline, key, bound)
+                    job = self._submitter.submit(request, deadline, key, bound)
                     accepted_at = time.monotonic()
                     # The request that started the job (the submission, or the close of a chunked upload).
                     sent_at = self._edge.last_sent_at() or accepted_at
@@ -312,60 +321,6 @@ class JobRunner:
             failed=job.failed,
         )
         return self._final(route, reply, key=key)
-
-    def _submit_recorded(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
-        """Submit, with the journal marking the moment the edge may know a job the journal does not."""
-        unanswered = False
-
-        def submit() -> EdgeJob:
-            nonlocal unanswered
-            try:
-                job = self._submit(request, deadline)
-            except EdgeUnavailable as exc:
-                unanswered = unanswered or exc.maybe_sent
-                raise
-            unanswered = unanswered or job.maybe_duplicated
-            return job
-
-        if key is not None and self._journal is not None:
-            self._journal.record_submitting(key)
-        try:
-            job = self._gate.call(submit, deadline, "submit", bound)
-        except BaseException:
-            if key is not None and self._journal is not None:
-                self._journal.record_submitting(key, False)
-            raise
-        if unanswered:
-            bound.warning(
-                "edge_job_maybe_duplicated",
-                reason="a submission reached the edge but its answer was lost (timeout or dropped connection); "
-                "it was submitted again, and the edge may hold a job no reply will name",
-                job_identifier=job.job_identifier,
-            )
-        return job
-
-    def _submit(self, request: JobRequest, deadline: float) -> EdgeJob:
-        chunked = self._settings.upload == "chunked" or (
-            self._settings.upload == "auto"
-            and request.input_type == "embedded"
-            and sum(sum(sizes.values()) for sizes in request.input_sizes().values()) > self._settings.embed_limit
-        )
-        if chunked:
-            return self._edge.submit_chunked(
-                model_id=request.model_id,
-                version=request.version,
-                sources=request.sources,
-                explain=request.explain,
-                deadline=deadline,
-            )
-        return self._edge.submit_job(
-            model_id=request.model_id,
-            version=request.version,
-            sources=request.sources,
-            input_type=request.input_type,
-            explain=request.explain,
-            deadline=deadline,
-        )
 
     def _cancel(self, job_id: str, bound: Any) -> None:
         try:
