@@ -31,7 +31,7 @@ from bench.plan import (
 )
 
 if TYPE_CHECKING:
-    from bench.scenarios import Bench
+    from bench.measure import Bench
 
 
 # -- processes ---------------------------------------------------------------------------------------

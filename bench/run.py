@@ -36,6 +36,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from bench.machine import git_state, loadavg, machine_description
+from bench.measure import Bench
 from bench.plan import (
     BROKER_URL,
     FULL,
@@ -50,21 +52,15 @@ from bench.report import (
     ROW_HEADERS,
     TARGET_HEADERS,
     _best_concurrency_note,
-    _loadavg,
     _row_cells,
     _target_cells,
     build_rows,
     build_targets,
     format_table,
-    git_state,
-    machine_description,
     plot_throughput,
     write_report,
 )
-from bench.scenarios import (
-    SCENARIOS,
-    Bench,
-)
+from bench.scenarios import SCENARIOS
 
 # -- main --------------------------------------------------------------------------------------------
 
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "plan": asdict(plan),
         "git": git_state(),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
         "scenarios": {},
     }
     keep_workdir = False
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     results["runtime_s"] = time.monotonic() - started_wall
-    results["loadavg_end"] = _loadavg()
+    results["loadavg_end"] = loadavg()
 
     plotted = plot_throughput(results, out_dir / "throughput.png")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

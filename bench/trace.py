@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.http_call import start_emulator
+from bench.measure import request_body
 from bench.plan import BROKER_URL, MODEL
 from bench.procs import Broker, Publisher, ReplySink
-from bench.scenarios import request_body
 
 Event = tuple[float, str, str | None]  # (monotonic time, hop, message id)
 
