@@ -125,16 +125,7 @@ class Daemon:
             edge=self._edge,
             gate=self._gate,
             journal=self._journal,
-            settings=JobSettings(
-                job_timeout_s=cfg.edge.job_timeout,
-                max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
-                max_request_bytes=cfg.worker.max_request_bytes,
-                delivery_limit=cfg.amqp.delivery_limit,
-                count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
-                max_resubmits=cfg.edge.max_resubmits,
-                upload=cfg.edge.upload,
-                embed_limit=cfg.edge.embed_limit,
-            ),
+            settings=JobSettings.from_config(cfg),
             metrics=self.metrics,
             publish_update=self._publish_update_threadsafe,
         )

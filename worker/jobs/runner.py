@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from worker.config import Config
 from worker.edge import EdgeClient, EdgeJob, EdgeResults
 from worker.errors import (
     DeliveryLimit,
@@ -48,6 +49,20 @@ class JobSettings:
     max_resubmits: int
     upload: str
     embed_limit: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> JobSettings:
+        return cls(
+            job_timeout_s=cfg.edge.job_timeout,
+            # A job ends (its edge calls included) before the broker's consumer timeout would close the channel.
+            max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
+            max_request_bytes=cfg.worker.max_request_bytes,
+            delivery_limit=cfg.amqp.delivery_limit,
+            count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
+            max_resubmits=cfg.edge.max_resubmits,
+            upload=cfg.edge.upload,
+            embed_limit=cfg.edge.embed_limit,
+        )
 
     def timeout_s(self, request: JobRequest) -> float:
         """The request's own timeout, else the default, capped so that it ends before the consumer timeout."""
