@@ -11,7 +11,7 @@ from worker.jobs.follow import (
 from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.runner import JobRunner, JobSettings
-from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SUSPECT_GRACE_S, SuspectLine
+from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SUSPECT_GRACE_S, CrashBook, SuspectLine
 from worker.jobs.threads import JobThreads
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "SUSPECT_AFTER_CRASHES",
     "SUSPECT_GRACE_S",
     "Abandoned",
+    "CrashBook",
     "DeadLetter",
     "DurationEstimator",
     "EdgeGate",

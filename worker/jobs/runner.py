@@ -7,7 +7,6 @@ count the delivery (and isolate suspects), submit, follow, reply.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
 from worker.jobs.submit import Submitter
-from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SuspectLine
+from worker.jobs.suspects import CrashBook, SuspectLine
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
@@ -93,6 +92,7 @@ class JobRunner:
         self._follower = JobFollower(edge=edge, gate=gate, estimator=self.estimator, pause=self._pause)
         self._stopping = threading.Event()
         self.suspects = SuspectLine()
+        self._crashes = CrashBook(journal, line=self.suspects)
         self._running: dict[str, threading.Event] = {}
         self._running_lock = threading.Lock()
 
@@ -180,31 +180,21 @@ class JobRunner:
         if done is not None:
             done.set()
 
-    # -- the journal's count: replay, delivery limit, suspects ---------------------------------------
+    # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
     def _handle_request(
         self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
     ) -> Outcome:
-        entry = None
-        # Requests without an id are tracked by their body: enough to count deliveries and crashes, never to
-        # resume or replay (two producers may send the same bytes).
-        tracking_key = key or "sha256:" + hashlib.sha256(body).hexdigest()
-        if self._journal is not None:
-            # Marked as run by this process in the same commit, unless it is a suspect (marked below, once it
-            # is its turn) or already finished.
-            entry = self._journal.record_delivery(tracking_key, mark_running_below=SUSPECT_AFTER_CRASHES)
-            if entry.reply is not None and key is not None:
-                bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
-                return Outcome(route=route, status="REPLAYED", reply=entry.reply)
+        tracked = self._crashes.record_delivery(key, body)
+        entry = tracked.entry
+        if entry is not None and entry.reply is not None and key is not None:
+            bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
+            return Outcome(route=route, status="REPLAYED", reply=entry.reply)
         deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
         if deliveries > self._settings.delivery_limit:
             limit = self._settings.delivery_limit
             error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
-            if key is None and self._journal is not None:
-                self._journal.forget(tracking_key)  # dead-lettered: the same bytes sent again start afresh
-            elif entry is not None and entry.running:
-                assert self._journal is not None
-                self._journal.record_stopped(tracking_key)
+            self._crashes.give_up(tracked)
             return self._error_outcome(route, request, None, error, bound, body=body)
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
@@ -216,38 +206,12 @@ class JobRunner:
                 "a job whose id never reached the journal; submitting again",
                 previous_job_identifier=entry.job_id,
             )
-        suspect = entry is not None and entry.crashes >= SUSPECT_AFTER_CRASHES
-        if suspect:
-            assert entry is not None
-            bound.warning(
-                "job_suspect",
-                reason="a worker process died while running this request; it runs alone among suspects",
-                crashes=entry.crashes,
-                isolated_crashes=entry.isolated_crashes,
-                deliveries=deliveries,
-            )
-            self.suspects.acquire(rank=entry.isolated_crashes)
-        try:
-            if self._journal is not None and (suspect or entry is None or not entry.running):
-                self._journal.record_running(tracking_key, isolated=suspect)
-            finished = False
-            replied = False
-            try:
-                outcome = self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound)
-                finished = not outcome.requeue
-                replied = outcome.journaled
-                return outcome
-            finally:
-                if self._journal is not None:
-                    if finished and key is None:
-                        # Tracked by its bytes only to count deliveries and crashes: once answered, forget it,
-                        # or the next request with the same bytes would inherit its count.
-                        self._journal.forget(tracking_key)
-                    elif not replied:  # record_reply has already taken the running mark off
-                        self._journal.record_stopped(tracking_key)
-        finally:
-            if suspect:
-                self.suspects.release()
+        return self._crashes.run(
+            tracked,
+            deliveries=deliveries,
+            bound=bound,
+            work=lambda: self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound),
+        )
 
     def _delivery_count(self, properties: Any, journal_count: int) -> int:
         """This delivery's number, counting from 1: the quorum queue's header, or the journal's count."""

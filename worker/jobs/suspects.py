@@ -1,14 +1,19 @@
-"""Crash bookkeeping: which requests were running when worker processes died, and the line that runs those
-suspects one at a time so that a poison request dies alone."""
+"""Crash bookkeeping: the journal's count of each request's deliveries and crashes, the running mark that is
+the evidence of a crash, and the line that runs suspects one at a time so that a poison request dies alone."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from worker.jobs.outcome import Abandoned
+from worker.jobs.outcome import Abandoned, Outcome
+from worker.journal import Journal, JournalEntry
 
 # A request becomes a suspect once a worker process has died this many times while running it. One
 # crash proves little (kill -9, OOM, a power cut: everything in flight was running), and holding its
@@ -75,3 +80,76 @@ class SuspectLine:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """One delivery as the journal counts it: under its idempotency key, or under its body's digest."""
+
+    tracking_key: str
+    key: str | None
+    entry: JournalEntry | None  # None without a journal
+
+
+class CrashBook:
+    """The journal's side of a run: the delivery count, the running mark around the run, the suspect line."""
+
+    def __init__(self, journal: Journal | None, *, line: SuspectLine) -> None:
+        self._journal = journal
+        self._line = line
+
+    def record_delivery(self, key: str | None, body: bytes) -> Tracked:
+        """Count this delivery; the entry says how often it came, crashed, and whether it has its reply."""
+        # Requests without an id are tracked by their body: enough to count deliveries and crashes, never to
+        # resume or replay (two producers may send the same bytes).
+        tracking_key = key or "sha256:" + hashlib.sha256(body).hexdigest()
+        entry = None
+        if self._journal is not None:
+            # Marked as run by this process in the same commit, unless it is a suspect (marked in run(), once it
+            # is its turn) or already finished.
+            entry = self._journal.record_delivery(tracking_key, mark_running_below=SUSPECT_AFTER_CRASHES)
+        return Tracked(tracking_key, key, entry)
+
+    def give_up(self, tracked: Tracked) -> None:
+        """The delivery limit is reached: the request is dead-lettered, not run."""
+        if tracked.key is None and self._journal is not None:
+            self._journal.forget(tracked.tracking_key)  # dead-lettered: the same bytes sent again start afresh
+        elif tracked.entry is not None and tracked.entry.running:
+            assert self._journal is not None
+            self._journal.record_stopped(tracked.tracking_key)
+
+    def run(self, tracked: Tracked, *, deliveries: int, bound: Any, work: Callable[[], Outcome]) -> Outcome:
+        """Run `work` with the running mark set (a suspect waits for its turn first); clear the mark after."""
+        entry = tracked.entry
+        suspect = entry is not None and entry.crashes >= SUSPECT_AFTER_CRASHES
+        if suspect:
+            assert entry is not None
+            bound.warning(
+                "job_suspect",
+                reason="a worker process died while running this request; it runs alone among suspects",
+                crashes=entry.crashes,
+                isolated_crashes=entry.isolated_crashes,
+                deliveries=deliveries,
+            )
+            self._line.acquire(rank=entry.isolated_crashes)
+        try:
+            if self._journal is not None and (suspect or entry is None or not entry.running):
+                self._journal.record_running(tracked.tracking_key, isolated=suspect)
+            finished = False
+            replied = False
+            try:
+                outcome = work()
+                finished = not outcome.requeue
+                replied = outcome.journaled
+                return outcome
+            finally:
+                if self._journal is not None:
+                    if finished and tracked.key is None:
+                        # Tracked by its bytes only to count deliveries and crashes: once answered, forget it,
+                        # or the next request with the same bytes would inherit its count.
+                        self._journal.forget(tracked.tracking_key)
+                    elif not replied:  # record_reply has already taken the running mark off
+                        self._journal.record_stopped(tracked.tracking_key)
+        finally:
+            if suspect:
+                self._line.release()
