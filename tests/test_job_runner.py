@@ -49,22 +49,26 @@ class Rig:
             ).fetchone()
 
 
+def job_settings(*, upload: str) -> JobSettings:
+    return JobSettings(
+        job_timeout_s=30,
+        max_timeout_s=60,
+        max_request_bytes=1 << 20,
+        delivery_limit=3,
+        count_deliveries_in_journal=False,
+        max_resubmits=1,
+        upload=upload,
+        embed_limit=1 << 20,
+    )
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.02, capacity=4)) as emulator:
         client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
-        settings = JobSettings(
-            job_timeout_s=30,
-            max_timeout_s=60,
-            max_request_bytes=1 << 20,
-            delivery_limit=3,
-            count_deliveries_in_journal=False,
-            max_resubmits=1,
-            upload="embedded",
-            embed_limit=1 << 20,
-        )
+        settings = job_settings(upload="embedded")
         runner = JobRunner(edge=client, gate=gate, journal=journal, settings=settings, metrics=Metrics())
         try:
             yield Rig(runner, journal, client, emulator)
@@ -139,16 +143,7 @@ def test_a_chunked_request_over_the_edges_limits_is_refused_before_any_upload(
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4)) as emulator:
         client = _SmallEdge(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
-        settings = JobSettings(
-            job_timeout_s=30,
-            max_timeout_s=60,
-            max_request_bytes=1 << 20,
-            delivery_limit=3,
-            count_deliveries_in_journal=False,
-            max_resubmits=1,
-            upload="chunked",
-            embed_limit=1 << 20,
-        )
+        settings = job_settings(upload="chunked")
         runner = JobRunner(edge=client, gate=gate, journal=None, settings=settings, metrics=Metrics())
         try:
 
