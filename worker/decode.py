@@ -23,6 +23,7 @@ operator has nothing to tune.
 
 from __future__ import annotations
 
+import codecs
 import math
 import struct
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ MAX_CONTAINER_LEN = 4096  # entries of any one map or array outside the sources'
 KNOWN_KEYS = frozenset({"model", "version", "sources", "explain", "timeout", "results", "updates", "request_id"})
 
 _MALFORMED = "body: not a valid msgpack message"
+# fixints, nil, false, true, the empty str
+_ONE_BYTE = frozenset([*range(0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3, 0xA0])
+_EMPTY = frozenset([0x80, 0x90])  # the empty map and array
+_CHECK_SLICE = 1 << 16  # bytes of a str checked as UTF-8 at a time
 
 # Kinds of msgpack objects, as the contract names them in messages.
 _NIL, _BOOL, _INT, _FLOAT, _STR, _BIN, _ARRAY, _MAP, _EXT = range(9)
@@ -185,6 +190,24 @@ class _Reader:
         except UnicodeDecodeError:
             raise InvalidRequest(f"body: a msgpack str is not valid UTF-8 (send bytes as bin), at {path}") from None
 
+    def check_text(self, length: int, path: str) -> None:
+        """Check that the str payload under the cursor is UTF-8 without keeping it; the cursor moves past it.
+
+        Decoded in slices: a whole str with one character beyond U+FFFF would cost 5 times its size while
+        CPython's decoder widens its draft.
+        """
+        start, end = self.pos, self.pos + length
+        self.pos = end
+        try:
+            if length <= _CHECK_SLICE:
+                str(self.view[start:end], "utf-8")
+                return
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            for at in range(start, end, _CHECK_SLICE):
+                decoder.decode(self.view[at : min(at + _CHECK_SLICE, end)], final=at + _CHECK_SLICE >= end)
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"body: a msgpack str is not valid UTF-8 (send bytes as bin), at {path}") from None
+
     def preview(self, length: int) -> str:
         """The start of a str under the cursor, for a message (never more than 40 characters)."""
         return str(self.view[self.pos : self.pos + min(length, 160)], "utf-8", "replace")[:40]
@@ -221,6 +244,14 @@ class _Reader:
                 return
             started = True
             at = self.pos
+            if not at_key and at < self.end:
+                # Fast path for the objects hostile bodies are made of: one-byte scalars, empty containers.
+                byte = self.body[at]
+                flat = byte in _ONE_BYTE or (byte in _EMPTY and depth + len(frames) <= MAX_DEPTH)
+                if flat and self.objects < MAX_OBJECTS:
+                    self.objects += 1
+                    self.pos = at + 1
+                    continue
             try:
                 kind, length, _ = self.head(path)
             except InvalidRequest as exc:
@@ -231,15 +262,10 @@ class _Reader:
                     raise InvalidRequest(f"{where}: map keys must be str or bin, got {_KIND_NAMES[kind]}")
                 frames[-1][3] = at
             if kind == _STR:
-                start = self.pos
-                self.pos += length
                 try:
-                    str(self.view[start : self.pos], "utf-8")  # checked, not kept
-                except UnicodeDecodeError:
-                    where = self._path(path, frames)
-                    raise InvalidRequest(
-                        f"body: a msgpack str is not valid UTF-8 (send bytes as bin), at {where}"
-                    ) from None
+                    self.check_text(length, path)
+                except InvalidRequest as exc:
+                    raise self._at(exc, path, frames) from None
             elif kind == _BIN:
                 self.pos += length
             elif kind in (_ARRAY, _MAP):
@@ -261,10 +287,13 @@ class _Reader:
             return exc
         where = self._path(path, frames)
         message = exc.message
-        if message.endswith(f", at {path})"):
-            message = message[: -len(f"{path})")] + f"{where})"
-        elif message.startswith(f"{path}: "):
-            message = where + message[len(path) :]
+        for end in (")", ""):
+            if message.endswith(f", at {path}{end}"):
+                message = message[: -len(f"{path}{end}")] + where + end
+                break
+        else:
+            if message.startswith(f"{path}: "):
+                message = where + message[len(path) :]
         return InvalidRequest(message)
 
     def _path(self, path: str, frames: list[list[int]]) -> str:
@@ -355,12 +384,7 @@ def _fields(body: bytes, offsets: dict[str, int], ignored: list[str]) -> Fields:
 
     if "sources" not in offsets:
         raise InvalidRequest("sources: required")
-    sources, any_bin, any_str = _sources(body, offsets["sources"])
-    if any_bin and any_str:
-        for inputs in sources.values():  # in place: one str and its bytes alive at a time, not two maps
-            for key, value in inputs.items():
-                if isinstance(value, str):
-                    inputs[key] = value.encode("utf-8")
+    sources, any_bin, _ = _sources(body, offsets["sources"])
 
     explain = _optional_bool(body, offsets, "explain", False)
     want_results = _optional_bool(body, offsets, "results", True)
@@ -411,21 +435,14 @@ def _sources(body: bytes, at: int) -> tuple[dict[str, dict[str, bytes | str]], b
         raise InvalidRequest(f"sources: expected map, got {_KIND_NAMES[kind]}")
     if count == 0:
         raise InvalidRequest("sources: expected at least one input item, got an empty map")
-    # The SDK's shorthand: a one-level map {model input: data} is the input item "job". Headers only.
-    probe = _Reader(body, reader.pos)
-    shorthand = True
-    for _ in range(count):
-        probe.skip("sources", 2)
-        value_kind, length, _ = probe.head("sources")
-        if value_kind not in (_STR, _BIN):
-            shorthand = False
-            break
-        probe.pos += length
-    flags = [False, False]  # any bin, any str
+    shorthand, any_bin, any_str = _scan_leaves(body, reader.pos, count)
+    # A str is built as a str only in a text job: in a mixed one it is sliced as its UTF-8 bytes (checked
+    # first), so no value is ever held as both a str and bytes.
+    as_bytes = any_bin and any_str
     if shorthand:
         if count > MAX_INPUTS_PER_SOURCE:
             raise InvalidRequest(f"sources['job']: {count} model inputs exceeds {MAX_INPUTS_PER_SOURCE}")
-        return {"job": _inputs(reader, count, "sources['job']", flags)}, flags[0], flags[1]
+        return {"job": _inputs(reader, count, "sources['job']", as_bytes)}, any_bin, any_str
     if count > MAX_SOURCES:
         raise InvalidRequest(f"sources: {count} input items exceeds {MAX_SOURCES}")
     sources: dict[str, dict[str, bytes | str]] = {}
@@ -445,12 +462,40 @@ def _sources(body: bytes, at: int) -> tuple[dict[str, dict[str, bytes | str]], b
         total += length
         if total > MAX_INPUTS:
             raise InvalidRequest(f"{path}: more than {MAX_INPUTS} model inputs in all the input items")
-        sources[source] = _inputs(reader, length, path, flags)
-    return sources, flags[0], flags[1]
+        sources[source] = _inputs(reader, length, path, as_bytes)
+    return sources, any_bin, any_str
 
 
-def _inputs(reader: _Reader, count: int, path: str, flags: list[bool]) -> dict[str, bytes | str]:
-    """One input item's map of model input to data: bin sliced once from the body, str decoded once."""
+def _scan_leaves(body: bytes, at: int, count: int) -> tuple[bool, bool, bool]:
+    """By headers only: whether sources is the one-level shorthand, and whether it holds any bin, any str."""
+    probe = _Reader(body, at)
+    kinds: set[int] = set()
+    shorthand = True
+    for _ in range(count):
+        probe.skip("sources", 2)
+        kind, length, _ = probe.head("sources")
+        if kind in (_STR, _BIN):
+            kinds.add(kind)
+            probe.pos += length
+            continue
+        shorthand = False
+        if kind != _MAP:
+            break  # the build pass says what is wrong here
+        for _ in range(length):
+            probe.skip("sources", 3)
+            kind, length, _ = probe.head("sources")
+            if kind not in (_STR, _BIN):
+                break
+            kinds.add(kind)
+            probe.pos += length
+        else:
+            continue
+        break
+    return shorthand, _BIN in kinds, _STR in kinds
+
+
+def _inputs(reader: _Reader, count: int, path: str, as_bytes: bool) -> dict[str, bytes | str]:
+    """One input item's map of model input to data: each value built once, from the body's bytes."""
     out: dict[str, bytes | str] = {}
     for _ in range(count):
         key = check_key(reader.key(path), path)
@@ -461,10 +506,11 @@ def _inputs(reader: _Reader, count: int, path: str, flags: list[bool]) -> dict[s
         if kind == _BIN:
             out[key] = reader.body[reader.pos : reader.pos + length]
             reader.pos += length
-            flags[0] = True
+        elif kind == _STR and as_bytes:
+            out[key] = reader.body[reader.pos : reader.pos + length]
+            reader.check_text(length, where)
         elif kind == _STR:
             out[key] = reader.text(length, where)
-            flags[1] = True
         else:
             raise InvalidRequest(f"{where}: expected bin or str, got {_KIND_NAMES[kind]}")
     return out

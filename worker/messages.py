@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgpack
 
 from worker.decode import (
+    MAX_CONTAINER_LEN,
     MAX_DEPTH,
     MAX_INPUTS,
     MAX_INPUTS_PER_SOURCE,
@@ -22,6 +23,7 @@ from worker.decode import (
 from worker.errors import InvalidRequest, PayloadTooLarge, UnsupportedContentType
 
 __all__ = [
+    "MAX_CONTAINER_LEN",
     "MAX_DEPTH",
     "MAX_INPUTS",
     "MAX_INPUTS_PER_SOURCE",
