@@ -12,12 +12,16 @@ worker then ignores. This module reads msgpack headers straight from the body in
    the model's names, the sources' keys and values (bin sliced once from the body, str decoded once), and a
    few scalars.
 
-So decoding costs the values the worker keeps (at most 4 times their bytes, for a str that Python stores at
-4 bytes a character) plus a bounded overhead per input, whatever the shape; CPU time is linear in the body,
-capped by MAX_OBJECTS. Every violation is an InvalidRequest whose message names the path.
+So decoding costs the values the worker keeps plus a bounded overhead per input (MAX_INPUTS of them at
+most), whatever the shape: a bin is one copy of its bytes, a str at most 4 bytes a character (the one case
+above 4 times its size: a text job's str holding a character beyond U+FFFF, which CPython's UTF-8 decoder
+builds beside a draft of 1 byte a character, 5 times that str's bytes for a moment). CPU time is linear in
+the body and capped by MAX_OBJECTS. Every violation is an InvalidRequest whose message names the path. Not
+checked, because it would cost memory: duplicate keys inside ignored values (the maps the worker reads
+refuse them).
 
 The budgets are module constants rather than configuration: they bound what any valid request needs (the
-largest valid request, 1000 input items with 10 inputs each, is about 21,000 objects at depth 3), so an
+largest valid request, 1000 input items with 10 inputs each, is about 22,000 objects in three levels of maps), so an
 operator has nothing to tune.
 """
 
