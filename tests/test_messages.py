@@ -406,6 +406,15 @@ def test_duplicate_keys_are_refused(body: bytes, message: str) -> None:
     assert message in rejected(body).message
 
 
+def test_error_message_is_capped() -> None:
+    # Deep maps under 40-byte keys: the path alone is longer than a message may be.
+    key = b"\xd9\x28" + b"k" * 40  # a str8 of 40 bytes
+    error = rejected(hostile._request(x=(b"\x81" + key) * (MAX_DEPTH + 1) + b"\xc0"))
+    assert len(error.message) == 1000
+    assert error.message.startswith("<ignored key 'x'>['kkkk")
+    assert error.message.endswith("...")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

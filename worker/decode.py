@@ -50,7 +50,8 @@ _MALFORMED = "body: not a valid msgpack message"
 # fixints, nil, false, true, the empty str
 _ONE_BYTE = frozenset([*range(0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3, 0xA0])
 _EMPTY = frozenset([0x80, 0x90])  # the empty map and array
-_CHECK_SLICE = 1 << 16  # bytes of a str checked as UTF-8 at a time
+_CHECK_SLICE = 1 << 16
+_MAX_MESSAGE = 1000  # characters of an error message  # bytes of a str checked as UTF-8 at a time
 
 # Kinds of msgpack objects, as the contract names them in messages.
 _NIL, _BOOL, _INT, _FLOAT, _STR, _BIN, _ARRAY, _MAP, _EXT = range(9)
@@ -322,14 +323,19 @@ def decode_fields(body: bytes) -> Fields:
         ignored = _walk_top(_Reader(body), offsets)
         return _fields(body, offsets, ignored)
     except InvalidRequest as exc:
+        error = exc
+        if len(exc.message) > _MAX_MESSAGE:  # a path through long keys: the message travels in AMQP headers
+            error = InvalidRequest(exc.message[: _MAX_MESSAGE - 3] + "...")
         # Echo the producer's request_id even in a rejection, when it is valid: an invalid one (say a
         # megabyte long) must not travel into the reply's AMQP headers.
         if "request_id" in offsets:
             try:
-                exc.request_id = _request_id(body, offsets["request_id"])
+                error.request_id = _request_id(body, offsets["request_id"])
             except InvalidRequest:
-                exc.request_id = None
-        raise
+                error.request_id = None
+        if error is exc:
+            raise
+        raise error from None
 
 
 def _walk_top(reader: _Reader, offsets: dict[str, int]) -> list[str]:
