@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -50,8 +51,9 @@ _MALFORMED = "body: not a valid msgpack message"
 # fixints, nil, false, true, the empty str
 _ONE_BYTE = frozenset([*range(0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3, 0xA0])
 _EMPTY = frozenset([0x80, 0x90])  # the empty map and array
-_CHECK_SLICE = 1 << 16
-_MAX_MESSAGE = 1000  # characters of an error message  # bytes of a str checked as UTF-8 at a time
+_CHECK_SLICE = 1 << 16  # bytes of a str checked as UTF-8 at a time
+_MAX_MESSAGE = 1000  # characters of an error message
+_KEY_REFUSED = re.compile("[/\x00-\x1f\x7f-\x9f]")  # "/", and C0, DEL and C1 controls
 
 # Kinds of msgpack objects, as the contract names them in messages.
 _NIL, _BOOL, _INT, _FLOAT, _STR, _BIN, _ARRAY, _MAP, _EXT = range(9)
@@ -566,8 +568,8 @@ def check_key(key: str, container: str) -> str:
     """The contract's rules for a key (its type and length were checked from its header)."""
     if not key:
         raise InvalidRequest(f"{container}: keys must be non-empty")
+    if _KEY_REFUSED.search(key) is None:
+        return key
     if "/" in key:
         raise InvalidRequest(f"{container}: key {key!r} must not contain '/'")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in key):  # C0, DEL and C1 controls
-        raise InvalidRequest(f"{container}: key {key!r} must not contain control characters")
-    return key
+    raise InvalidRequest(f"{container}: key {key!r} must not contain control characters")
