@@ -65,12 +65,14 @@ class Jobs:
         message_id: str | None = None,
         request_id: str | None = None,
         updates: bool = False,
+        reply_to: str | None = None,
     ) -> Job:
         """Publish one embedded job (bytes inputs; str ones are sent as UTF-8); returns the SUBMITTED Job.
 
         Returns once the broker has confirmed the request. `timeout` is the job's timeout at the worker, in
         seconds. Pass the `message_id` of an earlier Job to retry that request safely (one edge job).
         `updates=True` asks for a non-final reply when the edge accepts the job (its `job_identifier`).
+        `reply_to` sends the replies to another queue: this client then does not track the job.
         """
         return self._client._submit(
             identifier,
@@ -81,6 +83,7 @@ class Jobs:
             message_id=message_id,
             request_id=request_id,
             updates=updates,
+            reply_to=reply_to,
         )
 
     def submit_text(
@@ -94,6 +97,7 @@ class Jobs:
         message_id: str | None = None,
         request_id: str | None = None,
         updates: bool = False,
+        reply_to: str | None = None,
     ) -> Job:
         """Publish one text job (every input a str); otherwise as `submit_embedded`."""
         return self._client._submit(
@@ -105,6 +109,7 @@ class Jobs:
             message_id=message_id,
             request_id=request_id,
             updates=updates,
+            reply_to=reply_to,
         )
 
     def block_until_complete(self, job: Job, timeout: float | None = 30) -> Job:
@@ -261,6 +266,7 @@ class EdgeWorkerClient:
         message_id: str | None,
         request_id: str | None,
         updates: bool,
+        reply_to: str | None,
     ) -> Job:
         if not isinstance(identifier, str) or not identifier or not isinstance(version, str) or not version:
             raise TypeError("identifier and version: expected non-empty str")
@@ -289,8 +295,11 @@ class EdgeWorkerClient:
             job_inputs=tuple(sources),
         )
         body = msgpack.packb(request, use_bin_type=True)
+        out = self._link.new_outgoing(self.queue, message_id, job.correlation_id, body, reply_to)
+        if reply_to is not None:
+            self._link.publish(out, self._publish_timeout)
+            return job
         forget = self._replies.track(job)  # before publishing: a reply may come before the confirm
-        out = self._link.new_outgoing(self.queue, message_id, job.correlation_id, body)
         try:
             self._link.publish(out, self._publish_timeout)
         except BaseException:

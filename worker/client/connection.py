@@ -45,6 +45,7 @@ class Outgoing:
     message_id: str
     correlation_id: str
     body: bytes = field(repr=False)  # payload bytes never reach a log line
+    reply_to: str | None = None  # None: this client's reply queue
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     returned: bool = False
@@ -75,6 +76,8 @@ class Link:
         self._closed = False
         self.ready = threading.Event()  # set while a session is ready to publish and consume
         self.first_ready = threading.Event()
+        self._settled = threading.Event()  # first ready, or every URL refused at start-up
+        self._startup_failures = 0
         self.stopped = threading.Event()
         self.last_error = "not connected yet"
         self.reply_queue: str | None = None
@@ -95,14 +98,18 @@ class Link:
     # -- thread-safe API ----------------------------------------------------------------------------
 
     def start(self, connect_timeout_s: float) -> None:
+        """Connect; return once a session is ready, or raise when every URL failed once or the timeout passed."""
         self._thread.start()
-        if not self.first_ready.wait(connect_timeout_s):
+        self._settled.wait(connect_timeout_s)
+        if not self.first_ready.is_set():
             self.close()
             brokers = ", ".join(self._described)
-            raise BrokerUnreachable(f"broker {brokers} unreachable within {connect_timeout_s:g} s ({self.last_error})")
+            raise BrokerUnreachable(f"broker {brokers} unreachable ({self.last_error})")
 
-    def new_outgoing(self, queue: str, message_id: str, correlation_id: str, body: bytes) -> Outgoing:
-        return Outgoing(next(self._seq), queue, message_id, correlation_id, body)
+    def new_outgoing(
+        self, queue: str, message_id: str, correlation_id: str, body: bytes, reply_to: str | None = None
+    ) -> Outgoing:
+        return Outgoing(next(self._seq), queue, message_id, correlation_id, body, reply_to)
 
     def publish(self, out: Outgoing, timeout_s: float) -> None:
         """Hand one request to the loop and wait for the broker's confirm; raise what went wrong."""
@@ -179,7 +186,14 @@ class Link:
         self._ioloop.call_later(delay, self._connect)
 
     def _on_open_error(self, _connection: Any, error: BaseException) -> None:
-        self._schedule_reconnect(f"connect failed: {type(error).__name__}: {error}")
+        reason = f"connect failed: {type(error).__name__}: {error}"
+        if not self.first_ready.is_set():
+            self._startup_failures += 1
+            if self._startup_failures >= len(self._parameters):
+                self.last_error = reason  # at start-up, a broker nobody can reach is the caller's to handle
+                self._settled.set()
+                return
+        self._schedule_reconnect(reason)
 
     def _on_closed(self, _connection: Any, reason: BaseException) -> None:
         self._connection = None
@@ -231,6 +245,7 @@ class Link:
         self.last_error = ""
         self.ready.set()
         self.first_ready.set()
+        self._settled.set()
         for out in list(self._outbox.values()):
             if out.sends:
                 self.republished += 1
@@ -282,7 +297,7 @@ class Link:
                 delivery_mode=2,
                 message_id=out.message_id,
                 correlation_id=out.correlation_id,
-                reply_to=self.reply_queue,
+                reply_to=out.reply_to or self.reply_queue,
             ),
             mandatory=True,
         )

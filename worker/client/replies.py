@@ -7,8 +7,10 @@ The IO thread calls `on_reply`; any thread waits with `wait_final` or `listen`. 
 - final replies nobody has claimed yet (by `block_until_complete`, `as_completed` or `get_results`) are
   capped at `max_unclaimed`: past it the oldest unclaimed entry is dropped (counted in `evicted`), and a
   later wait for it raises `UnknownJob`;
-- the reply message_ids seen, kept to drop a reply delivered twice, are capped at `seen_cap`.
-A second final reply for the same correlation id (the contract allows it) is dropped (`dropped_duplicate`).
+A reply whose message_id its entry has seen, or a second final reply for the same correlation id (the
+contract allows both), is dropped (`dropped_duplicate`). Reply ids are kept per entry, not globally: a
+retry with the same message_id, after the first Job was forgotten, must receive the stored reply the
+worker publishes again under its old id.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import msgpack
 from worker.client.job import ClientClosed, Job, ReplyTimeout, UnknownJob
 
 DEFAULT_MAX_UNCLAIMED = 10_000
-DEFAULT_SEEN_CAP = 10_000
 
 
 @dataclass(slots=True)
@@ -36,18 +37,17 @@ class _Entry:
     latest: Job
     final: Job | None = None
     holders: int = 0
+    reply_ids: set[str] = field(default_factory=set)
     listeners: list[queue.SimpleQueue[Job | BaseException]] = field(default_factory=list)
 
 
 class Replies:
-    def __init__(self, *, max_unclaimed: int = DEFAULT_MAX_UNCLAIMED, seen_cap: int = DEFAULT_SEEN_CAP) -> None:
+    def __init__(self, *, max_unclaimed: int = DEFAULT_MAX_UNCLAIMED) -> None:
         self._cond = threading.Condition()
         self._entries: dict[str, _Entry] = {}
         self._unclaimed: OrderedDict[str, None] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self._forgotten: queue.SimpleQueue[str] = queue.SimpleQueue()  # filled by finalizers, any thread
         self._max_unclaimed = max_unclaimed
-        self._seen_cap = seen_cap
         self._closed = False
         self.received = 0
         self.delivered = 0
@@ -119,22 +119,17 @@ class Replies:
             if not isinstance(reply, dict):
                 self.dropped_undecodable += 1
                 return
-            reply_id = properties.message_id
-            if reply_id:
-                if reply_id in self._seen:
-                    self.dropped_duplicate += 1
-                    return
-                self._seen[reply_id] = None
-                if len(self._seen) > self._seen_cap:
-                    self._seen.popitem(last=False)
             correlation_id = properties.correlation_id or ""
             entry = self._entries.get(correlation_id)
             if entry is None:
                 self.dropped_unknown += 1
                 return
-            if entry.final is not None:
-                self.dropped_duplicate += 1  # a second final, or an update overtaken by the final
+            reply_id = properties.message_id
+            if entry.final is not None or (reply_id and reply_id in entry.reply_ids):
+                self.dropped_duplicate += 1  # seen already, a second final, or an update overtaken by the final
                 return
+            if reply_id:
+                entry.reply_ids.add(reply_id)
             job = Job.from_reply(reply, message_id=entry.message_id, correlation_id=correlation_id)
             entry.latest = job
             if not job.final:
