@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.OK)
     if args.command == "healthcheck":
         return _healthcheck(config)
-    configure_logging(config.log.level, config.log.format)
     if args.command == "submit":
+        # stdout carries the command's result (JSON); the client's log lines go to stderr.
+        configure_logging(config.log.level, config.log.format, stream=sys.stderr)
         return _submit(config, args)
+    configure_logging(config.log.level, config.log.format)
     from worker.service import Daemon  # noqa: PLC0415 -- keeps the light commands light
 
     try:

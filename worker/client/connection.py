@@ -28,6 +28,7 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from worker.backoff import backoff_delay
+from worker.broker import describe_error
 from worker.client.job import BrokerUnreachable, ClientClosed, PublishError, RequestUnroutable
 
 log = structlog.get_logger("worker.client")
@@ -186,7 +187,7 @@ class Link:
         self._ioloop.call_later(delay, self._connect)
 
     def _on_open_error(self, _connection: Any, error: BaseException) -> None:
-        reason = f"connect failed: {type(error).__name__}: {error}"
+        reason = f"connect failed: {describe_error(error)}"
         if not self.first_ready.is_set():
             self._startup_failures += 1
             if self._startup_failures >= len(self._parameters):
@@ -202,7 +203,7 @@ class Link:
             self._ioloop.stop()
             return
         self.reconnects += 1
-        self._schedule_reconnect(f"connection lost: {type(reason).__name__}: {reason}")
+        self._schedule_reconnect(f"connection lost: {describe_error(reason)}")
 
     def _on_open(self, connection: Any) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
