@@ -22,6 +22,7 @@ from worker.client import (
     EdgeError,
     EdgeWorkerClient,
     Job,
+    JobError,
     JobFailed,
     JobRejected,
     JobTimeout,
@@ -271,3 +272,28 @@ def test_the_reply_queue_outlives_the_connection_until_close_deletes_it(
         assert gone.value.reply_code == 404
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        ("REJECTED", "INVALID_REQUEST", JobRejected),
+        ("REJECTED", "PAYLOAD_TOO_LARGE", JobRejected),
+        ("TIMEOUT", "TIMEOUT", JobTimeout),
+        ("FAILED", "JOB_FAILED", JobFailed),
+        ("ERROR", "MODEL_NOT_FOUND", EdgeError),
+        ("ERROR", "REPLY_TOO_LARGE", EdgeError),
+        ("CANCELED", "JOB_CANCELED", EdgeError),
+        ("ERROR", "EDGE_UNAVAILABLE", EdgeError),
+    ],
+)
+def test_raise_for_error_maps_every_final_error_status(status: str, code: str, kind: type[JobError]) -> None:
+    reply = {"status": status, "final": True, "error": {"code": code, "message": "why", "retryable": True}}
+    job = Job.from_reply(reply, message_id="m", correlation_id="c")
+    with pytest.raises(kind) as info:
+        job.raise_for_error()
+    assert (info.value.code, info.value.message, info.value.retryable, info.value.job) == (code, "why", True, job)
+    # Not final yet, or complete: nothing to raise.
+    assert Job.from_reply({**reply, "final": False}, message_id="m", correlation_id="c").raise_for_error()
+    complete = Job.from_reply({"status": "COMPLETE", "final": True}, message_id="m", correlation_id="c")
+    assert complete.raise_for_error() is complete

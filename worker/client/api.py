@@ -205,6 +205,7 @@ class EdgeWorkerClient:
             parameters,
             [describe_url(u) for u in urls],
             on_reply=self._replies.on_reply,
+            on_stopped=self._replies.close,
             reply_queue_expires_s=reply_queue_expires,
             prefetch=prefetch,
         )

@@ -62,12 +62,14 @@ class Link:
         described: list[str],
         *,
         on_reply: Callable[[Any, bytes], None],
+        on_stopped: Callable[[], None],
         reply_queue_expires_s: float,
         prefetch: int,
     ) -> None:
         self._parameters = parameters
         self._described = described
         self._on_reply = on_reply
+        self._on_stopped = on_stopped
         self._expires_ms = max(1000, int(reply_queue_expires_s * 1000))
         self._prefetch = prefetch
         self._ioloop = IOLoop()
@@ -115,7 +117,7 @@ class Link:
     def publish(self, out: Outgoing, timeout_s: float) -> None:
         """Hand one request to the loop and wait for the broker's confirm; raise what went wrong."""
         with self._lock:
-            if self._closed:
+            if self._closed or self.stopped.is_set():
                 raise ClientClosed("the client is closed")
             self._ioloop.add_callback_threadsafe(lambda: self._enqueue(out))
         if not out.done.wait(timeout_s):
@@ -148,10 +150,13 @@ class Link:
         try:
             self._connect()
             self._ioloop.start()
+        except Exception:  # a bug must not leave callers waiting on a dead thread
+            log.exception("client_io_thread_failed")
         finally:
             self._fail_outbox(ClientClosed("the client was closed"))
             self.ready.clear()
             self.stopped.set()
+            self._on_stopped()  # wake every caller still waiting for a reply
             self._ioloop.close()
 
     def _connect(self) -> None:

@@ -15,6 +15,7 @@ worker publishes again under its old id.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -31,10 +32,14 @@ from worker.client.job import ClientClosed, Job, ReplyTimeout, UnknownJob
 DEFAULT_MAX_UNCLAIMED = 10_000
 
 
+_TOKENS = itertools.count(1)
+
+
 @dataclass(slots=True)
 class _Entry:
     message_id: str
     latest: Job
+    token: int = field(default_factory=lambda: next(_TOKENS))  # tells a re-created entry from the one it replaced
     final: Job | None = None
     holders: int = 0
     reply_ids: set[str] = field(default_factory=set)
@@ -46,7 +51,7 @@ class Replies:
         self._cond = threading.Condition()
         self._entries: dict[str, _Entry] = {}
         self._unclaimed: OrderedDict[str, None] = OrderedDict()
-        self._forgotten: queue.SimpleQueue[str] = queue.SimpleQueue()  # filled by finalizers, any thread
+        self._forgotten: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()  # by finalizers, any thread
         self._max_unclaimed = max_unclaimed
         self._closed = False
         self.received = 0
@@ -70,17 +75,18 @@ class Replies:
                 # A copy: the entry must not keep the caller's job alive, or its finalizer would never run.
                 entry = self._entries[job.correlation_id] = _Entry(message_id=job.message_id, latest=replace(job))
             entry.holders += 1
-        return weakref.finalize(job, self._forgotten.put, job.correlation_id)
+            token = entry.token
+        return weakref.finalize(job, self._forgotten.put, (job.correlation_id, token))
 
     def _collect_forgotten(self) -> None:
         while True:
             try:
-                correlation_id = self._forgotten.get_nowait()
+                correlation_id, token = self._forgotten.get_nowait()
             except queue.Empty:
                 return
             entry = self._entries.get(correlation_id)
-            if entry is None:
-                continue
+            if entry is None or entry.token != token:
+                continue  # dropped already (evicted), and perhaps tracked again since
             entry.holders -= 1
             if entry.holders <= 0:
                 del self._entries[correlation_id]
