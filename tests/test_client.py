@@ -297,3 +297,18 @@ def test_raise_for_error_maps_every_final_error_status(status: str, code: str, k
     assert Job.from_reply({**reply, "final": False}, message_id="m", correlation_id="c").raise_for_error()
     complete = Job.from_reply({"status": "COMPLETE", "final": True}, message_id="m", correlation_id="c")
     assert complete.raise_for_error() is complete
+
+
+def test_a_deleted_reply_queue_is_replaced_and_new_replies_arrive(
+    running: EdgeEmulator, broker_url: str, client: EdgeWorkerClient
+) -> None:
+    old = client.reply_queue
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        connection.channel().queue_delete(old)  # the broker cancels the client's consumer
+    finally:
+        connection.close()
+    wait_until(lambda: client.stats()["reply_queues_lost"] == 1 and client.reply_queue != old, 20, what="a new queue")
+    final = client.jobs.block_until_complete(client.jobs.submit_embedded("sha256", "1.0.0", {"x": b"after"}), 20)
+    assert final.status == "COMPLETE"
+    assert final.results["job"]["inputs"]["x"]["sha256"] == sha(b"after")

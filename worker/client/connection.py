@@ -219,6 +219,7 @@ class Link:
         self._next_tag = 0
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_consumer_cancelled)
         channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._on_confirm_ok(channel))
 
     def _on_confirm_ok(self, channel: Any) -> None:
@@ -274,6 +275,15 @@ class Link:
             return
         self.last_error = f"channel closed: {reason}"
         self._connection.close()  # reconnect from scratch, with backoff
+
+    def _on_consumer_cancelled(self, _frame: Any) -> None:
+        # The broker cancelled our consumer: the reply queue was deleted (or its node went away). Without a
+        # consumer no reply would ever arrive: start over, which finds out whether the queue is still there.
+        if self._closing or self._connection is None or not self._connection.is_open:
+            return
+        log.warning("client_reply_consumer_cancelled", reply_queue=self.reply_queue)
+        self.last_error = "the broker cancelled the reply consumer"
+        self._connection.close()
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._on_reply(properties, body)
