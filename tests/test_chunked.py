@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Producer, ReplyCollector
-from worker.edge import EdgeClient
+from worker.edge import HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 
 CHUNK = 1000  # the emulator reports "1K"; the client takes the smaller reading, 1000 bytes
@@ -38,7 +38,7 @@ def _job_record(emu: EdgeEmulator, job_id: str) -> dict[str, Any]:
 def test_chunked_upload_is_byte_identical_around_the_chunk_size(
     small_chunk_edge: EdgeEmulator, size: int, encoding: str
 ) -> None:
-    edge = EdgeClient(base_url=small_chunk_edge.url, request_timeout_s=10, max_attempts=2, chunk_encoding=encoding)
+    edge = HttpEdgeClient(base_url=small_chunk_edge.url, request_timeout_s=10, max_attempts=2, chunk_encoding=encoding)
     data = os.urandom(size)
     before = small_chunk_edge.stats()["calls"].get("chunk", 0)
     job = edge.submit_chunked(model_id="sha256", version="1.0.0", sources={"cam": {"image": data}}, explain=False)

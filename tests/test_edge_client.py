@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker.edge import EdgeClient, EdgeJob, EdgeResults, normalize_status, parse_size
+from worker.edge import EdgeJob, EdgeResults, HttpEdgeClient, normalize_status, parse_size
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.errors import EdgeError, EdgeRejected, EdgeUnavailable, JobNotFound, ModelNotFound
 
@@ -28,11 +28,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def client(url: str, *, request_timeout_s: float = 5.0, max_attempts: int = 3, **kwargs: Any) -> EdgeClient:
-    return EdgeClient(base_url=url, request_timeout_s=request_timeout_s, max_attempts=max_attempts, **kwargs)
+def client(url: str, *, request_timeout_s: float = 5.0, max_attempts: int = 3, **kwargs: Any) -> HttpEdgeClient:
+    return HttpEdgeClient(base_url=url, request_timeout_s=request_timeout_s, max_attempts=max_attempts, **kwargs)
 
 
-def follow(edge: EdgeClient, job_id: str, timeout_s: float = 10.0) -> EdgeJob:
+def follow(edge: HttpEdgeClient, job_id: str, timeout_s: float = 10.0) -> EdgeJob:
     deadline = time.monotonic() + timeout_s
     while True:
         job = edge.get_job(job_id)
@@ -304,7 +304,7 @@ def test_edge_outage_is_edge_unavailable_after_max_attempts(emulator: EdgeEmulat
 # -- against the stub: error shapes ----------------------------------------------------------------
 
 
-def _submit(edge: EdgeClient) -> EdgeJob:
+def _submit(edge: HttpEdgeClient) -> EdgeJob:
     return edge.submit_job(model_id="m", version="1", sources={"s": {"i": b"x"}}, input_type="embedded", explain=False)
 
 
@@ -694,7 +694,7 @@ def test_a_refused_connection_is_retried_even_for_a_chunk() -> None:
         port = probe.getsockname()[1]
     edge = client(f"http://127.0.0.1:{port}", max_attempts=3)
     with pytest.raises(EdgeUnavailable) as raised:
-        edge._call("POST", "/api/jobs/x/s/i", "chunk", data=b'""', idempotent=False)
+        edge._exchange("POST", "/api/jobs/x/s/i", "chunk", {}, data=b'""', idempotent=False)
     assert not raised.value.maybe_sent
     assert "after 3 attempts" in raised.value.message
 
