@@ -327,7 +327,12 @@ def _port_ok(parsed: urllib.parse.SplitResult) -> bool:
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ConfigError(f"{name}: expected a value from {low:g} to {high:g}, got {value!r}")
+        raise ConfigError(f"{name}: expected a value from {_number(low)} to {_number(high)}, got {value!r}")
+
+
+def _number(value: float) -> str:
+    """1048576 as itself, not 1.04858e+06; 0.1 as 0.1."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -99,6 +99,7 @@ def make_edge_client(edge: EdgeConfig, *, on_call: OnCall | None = None) -> Edge
             request_timeout_s=edge.request_timeout,
             max_attempts=edge.max_attempts,
             max_message_bytes=edge.grpc_max_message_bytes,
+            api_key=edge.api_key,
             on_call=on_call,
         )
     from worker.edge.http import HttpEdgeClient  # noqa: PLC0415 -- a gRPC worker does not load urllib3's pool code
