@@ -52,7 +52,9 @@ class Answer:
     status: int = 200
     body: Any = None
     content_type: str = "application/json"
-    action: str = ""  # "close": hang up without answering; "reset": abort with RST; "sleep": wait first
+    # "close": hang up without answering; "reset": abort with RST; "sleep": wait first; "old_gateway": answer a
+    # chunk as a grpc-gateway older than v2.10.1 does (a JSON string refused with `body`, a byte array taken)
+    action: str = ""
     sleep_s: float = 0.0
 
 
@@ -103,6 +105,10 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             answer = stub.next_answer(self.command, self.path)
             if answer.action == "sleep":
                 time.sleep(answer.sleep_s)  # sleep-ok: the stub plays an edge too slow to answer
+            if answer.action == "old_gateway" and not body.startswith(b"["):
+                answer = Answer(400, answer.body)
+            elif answer.action == "old_gateway":
+                answer = Answer(200, {})
             if answer.action == "close":
                 self.close_connection = True
                 return
@@ -712,3 +718,119 @@ def test_a_submission_whose_answer_was_lost_is_sent_again_and_flagged(stub: Stub
         model_id="m", version="1", sources={"s": {"i": "x"}}, input_type="text", explain=False
     )
     assert not clean.maybe_duplicated
+
+
+# -- chunk bodies for both gateway generations --------------------------------------------------------------
+
+OLD_GATEWAY = {
+    "code": 3,
+    "message": "json: cannot unmarshal string into Go value of type []json.RawMessage",
+    "details": [],
+}
+
+
+def _open_job_stub(stub: Stub, chunk: Answer, *, job_id: str = "o1") -> str:
+    stub.on("GET", "/api/jobs/features", Answer(200, {"inputChunkMaximumSize": "4"}))
+    stub.on("POST", "/api/jobs", Answer(200, {"jobIdentifier": job_id, "status": "OPEN"}))
+    stub.on("POST", f"/api/jobs/{job_id}/s/i", chunk)
+    stub.on("POST", f"/api/jobs/{job_id}/close", Answer(200, {"jobIdentifier": job_id, "status": "SUBMITTED"}))
+    stub.on("DELETE", f"/api/jobs/{job_id}", Answer(200, {"jobIdentifier": job_id, "status": "CANCELED"}))
+    return f"/api/jobs/{job_id}/s/i"
+
+
+def _chunk_bodies(stub: Stub, path: str) -> list[Any]:
+    return [json.loads(seen.body) for seen in stub.requests("POST", path)]
+
+
+def _upload(edge: HttpEdgeClient, data: bytes) -> EdgeJob:
+    return edge.submit_chunked(model_id="m", version="1", sources={"s": {"i": data}}, explain=False)
+
+
+def test_auto_sends_the_refused_chunk_again_as_a_byte_array_and_keeps_that_form(stub: Stub) -> None:
+    from structlog.testing import capture_logs
+
+    path = _open_job_stub(stub, Answer(body=OLD_GATEWAY, action="old_gateway"))
+    edge = client(stub.url)
+    assert edge.chunk_encoding == "auto" and edge.chunk_form == "json"
+    data = bytes(range(250, 256)) + b"\x00\x01\x02\x03"  # 10 bytes: chunks of 4, 4, 2
+    with capture_logs() as logs:
+        assert _upload(edge, data).job_identifier == "o1"
+        assert _upload(edge, data).job_identifier == "o1"  # a later job goes straight to byte arrays
+    bodies = _chunk_bodies(stub, path)
+    first = base64.b64encode(data[:4]).decode()
+    # The refused string, the same chunk again as an array, the rest as arrays; the second job arrays only.
+    assert bodies == [
+        first,
+        list(data[:4]),
+        list(data[4:8]),
+        list(data[8:]),
+        list(data[:4]),
+        list(data[4:8]),
+        list(data[8:]),
+    ]
+    assert edge.chunk_form == "bytes-array"
+    learned = [entry for entry in logs if entry["event"] == "edge_chunk_encoding_learned"]
+    assert len(learned) == 1
+    assert learned[0]["chunk_encoding"] == "bytes-array" and "RawMessage" in learned[0]["edge_message"]
+    assert not stub.requests("DELETE", "/api/jobs/o1")  # nothing abandoned: the switch is not a failure
+    # Learned per client (per edge): a new client starts from the string form again.
+    fresh = client(stub.url)
+    _upload(fresh, b"ab")
+    assert _chunk_bodies(stub, path)[-2:] == [base64.b64encode(b"ab").decode(), list(b"ab")]
+
+
+def test_auto_against_a_newer_gateway_never_sends_a_byte_array(stub: Stub) -> None:
+    path = _open_job_stub(stub, Answer(200, {}))
+    edge = client(stub.url)
+    for _ in range(2):
+        _upload(edge, b"0123456789")
+    bodies = _chunk_bodies(stub, path)
+    assert len(bodies) == 6 and all(isinstance(body, str) for body in bodies)
+    assert edge.chunk_form == "json"
+
+
+def test_auto_takes_a_bare_code_3_as_the_older_gateway_only_on_the_first_chunk(stub: Stub) -> None:
+    # A gateway that words its refusal otherwise still answers code 3 to the first string chunk it sees.
+    vague = {"code": 3, "message": "bad body", "details": []}
+    path = _open_job_stub(stub, Answer(body=vague, action="old_gateway"))
+    edge = client(stub.url)
+    _upload(edge, b"abcd")
+    assert _chunk_bodies(stub, path) == [base64.b64encode(b"abcd").decode(), list(b"abcd")]
+    # Once a string chunk was taken the edge is a newer gateway: a later code 3 is the edge's verdict.
+    stub.on("POST", path, Answer(200, {}), Answer(400, vague))
+    newer = client(stub.url)
+    with pytest.raises(EdgeRejected) as info:
+        _upload(newer, b"abcdefgh")
+    assert "bad body" in info.value.message
+    assert [type(body) for body in _chunk_bodies(stub, path)[-2:]] == [str, str]
+    assert newer.chunk_form == "json"
+    assert len(stub.requests("DELETE", "/api/jobs/o1")) == 1
+
+
+def test_auto_does_not_learn_a_form_the_edge_refuses_too(stub: Stub) -> None:
+    path = _open_job_stub(stub, Answer(400, OLD_GATEWAY))
+    edge = client(stub.url)
+    with pytest.raises(EdgeRejected) as info:
+        _upload(edge, b"abc")
+    assert info.value.code == "EDGE_REJECTED" and "RawMessage" in info.value.message
+    assert _chunk_bodies(stub, path) == [base64.b64encode(b"abc").decode(), list(b"abc")]
+    assert edge.chunk_form == "json"
+    assert len(stub.requests("DELETE", "/api/jobs/o1")) == 1
+
+
+@pytest.mark.parametrize(("encoding", "expected"), [("json", ["YWJj"]), ("bytes-array", [[97, 98, 99]])])
+def test_a_fixed_chunk_encoding_never_switches(stub: Stub, encoding: str, expected: list[Any]) -> None:
+    path = _open_job_stub(stub, Answer(body=OLD_GATEWAY, action="old_gateway"))
+    edge = client(stub.url, chunk_encoding=encoding)
+    if encoding == "json":
+        with pytest.raises(EdgeRejected):
+            _upload(edge, b"abc")
+    else:
+        _upload(edge, b"abc")
+    assert _chunk_bodies(stub, path) == expected
+    assert edge.chunk_form == encoding
+
+
+def test_an_unknown_chunk_encoding_is_refused() -> None:
+    with pytest.raises(ValueError, match="chunk_encoding: expected one of auto, json, bytes-array, multipart"):
+        client("http://127.0.0.1:1", chunk_encoding="base85")
