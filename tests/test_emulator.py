@@ -271,7 +271,7 @@ def test_unknown_path_is_not_found_and_wrong_method_unimplemented(edge: Edge) ->
     assert_grpc_error(edge.http.get(f"{edge.url}/api/jobs/no-such-job", timeout=TIMEOUT_S), 404, 5)
     assert_grpc_error(edge.http.get(f"{edge.url}/api/results/no-such-job", timeout=TIMEOUT_S), 404, 5)
     assert_grpc_error(edge.http.delete(f"{edge.url}/api/jobs/no-such-job", timeout=TIMEOUT_S), 404, 5)
-    assert_grpc_error(edge.http.get(f"{edge.url}/api/jobs", timeout=TIMEOUT_S), 501, 12)
+    assert_grpc_error(edge.http.patch(f"{edge.url}/api/jobs", timeout=TIMEOUT_S), 501, 12)  # GET lists jobs
     assert_grpc_error(edge.http.put(f"{edge.url}/api/jobs/features", timeout=TIMEOUT_S), 501, 12)
 
 
