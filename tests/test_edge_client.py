@@ -834,3 +834,22 @@ def test_a_fixed_chunk_encoding_never_switches(stub: Stub, encoding: str, expect
 def test_an_unknown_chunk_encoding_is_refused() -> None:
     with pytest.raises(ValueError, match="chunk_encoding: expected one of auto, json, bytes-array, multipart"):
         client("http://127.0.0.1:1", chunk_encoding="base85")
+
+
+def test_a_failure_holding_a_struct_is_one_flat_object(stub: Stub) -> None:
+    # protobuf's JSON nests a well-known type packed in an Any under "value"; the gRPC client sees the same.
+    struct_type = "type.googleapis.com/google.protobuf.Struct"
+    results = {
+        "finished": True,
+        "failures": {
+            "a": {"@type": struct_type, "value": {"error": "bad"}},
+            "b": {"@type": "x/common.v1.Error", "message": "m"},
+        },
+    }
+    stub.on("GET", "/api/results/j1", Answer(200, results))
+    got = client(stub.url).get_results("j1")
+    assert got is not None
+    assert got.failures == {
+        "a": {"@type": struct_type, "error": "bad"},
+        "b": {"@type": "x/common.v1.Error", "message": "m"},
+    }

@@ -417,3 +417,149 @@ def _empty() -> Any:
     from google.protobuf import empty_pb2
 
     return empty_pb2.Empty()
+
+
+# -- against the emulator's gRPC face ---------------------------------------------------------------------
+
+CHUNK = 1000
+SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
+
+
+@pytest.fixture(scope="module")
+def grpc_edge() -> Iterator[Any]:
+    """The emulator with its gRPC face, chunks of at most 1000 bytes ("1K"), jobs that take no time."""
+    from worker.emulator import EdgeEmulator, EmulatorConfig
+
+    config = EmulatorConfig(port=0, grpc_port=0, latency_s=0.0, capacity=0, chunk_size="1K", chunk_size_bytes=CHUNK)
+    emu = EdgeEmulator(config)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def emulator_client(emu: Any, **kwargs: Any) -> GrpcEdgeClient:
+    kwargs.setdefault("request_timeout_s", 10.0)
+    kwargs.setdefault("max_attempts", 3)
+    return GrpcEdgeClient(target=emu.grpc_target, **kwargs)
+
+
+def follow(edge: GrpcEdgeClient, job_id: str, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = edge.get_job(job_id)
+        if job.terminal:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
+        time.sleep(0.005)  # sleep-ok: the poll interval of a deadline-bounded wait
+
+
+def _record(emu: Any, job_id: str) -> dict[str, Any]:
+    [record] = [job for job in emu.stats()["jobs"] if job["id"] == job_id]
+    found: dict[str, Any] = record
+    return found
+
+
+def test_emulator_embedded_job_bytes_arrive_intact_and_results_come_back(grpc_edge: Any) -> None:
+    import hashlib
+
+    edge = emulator_client(grpc_edge)
+    sources: dict[str, dict[str, bytes | str]] = {"cam-1": {"image": bytes(range(256)) * 10}, "cam-2": {"x": b"\xff"}}
+    receipt = edge.submit_job(model_id="sha256", version="1.0.0", sources=sources, input_type="embedded", explain=False)
+    assert receipt.job_identifier and receipt.status in {"SUBMITTED", "IN_PROGRESS", "COMPLETE"}
+    assert (receipt.model["identifier"], receipt.total, sorted(receipt.job_inputs)) == ("sha256", 2, ["cam-1", "cam-2"])
+    job = follow(edge, receipt.job_identifier)
+    assert (job.status, job.total, job.completed, job.failed) == ("COMPLETE", 2, 2, 0)
+    assert job.created_at and job.submitted_at
+    results = edge.get_results(receipt.job_identifier)
+    assert results is not None and results.finished and results.job_status() == "COMPLETE"
+    for source, inputs in sources.items():
+        for key, data in inputs.items():
+            assert isinstance(data, bytes)
+            digest = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            assert results.results[source]["inputs"][key] == digest
+    assert grpc_edge.stats()["calls_by_face"].get("grpc", 0) >= 3
+
+
+def test_emulator_text_job_and_failures(grpc_edge: Any) -> None:
+    edge = emulator_client(grpc_edge)
+    text = edge.submit_job(
+        model_id="sha256", version="1.0.0", sources={"doc": {"t": "héllo ☃"}}, input_type="text", explain=True
+    )
+    follow(edge, text.job_identifier)
+    record = _record(grpc_edge, text.job_identifier)
+    assert (record["input_type"], record["explain"]) == ("text", True)
+    failing = edge.submit_job(
+        model_id="sha256",
+        version="1.0.0",
+        sources={"ok": {"i": b"fine"}, "bad": {"i": b"FAIL!"}},
+        input_type="embedded",
+        explain=False,
+    )
+    assert follow(edge, failing.job_identifier).failed == 1
+    results = edge.get_results(failing.job_identifier)
+    assert results is not None
+    assert set(results.results) == {"ok"} and set(results.failures) == {"bad"}
+    # The emulator packs a Struct where a real edge packs common.v1.Error: either way one flat object, the
+    # same as the HTTP face shows for that job.
+    http = HttpEdgeClient(base_url=grpc_edge.url, request_timeout_s=10, max_attempts=1)
+    assert results.failures == http.get_results(failing.job_identifier).failures  # type: ignore[union-attr]
+    assert results.failures["bad"]["@type"].endswith("google.protobuf.Struct")
+    assert "FAIL" in results.failures["bad"]["error"]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_emulator_chunked_upload_is_byte_identical_around_the_chunk_size(grpc_edge: Any, size: int) -> None:
+    import hashlib
+    import math
+    import os
+
+    edge = emulator_client(grpc_edge)
+    assert edge.features().chunk_bytes == CHUNK  # "1K": the smaller reading
+    data = os.urandom(size)
+    before = grpc_edge.stats()["calls"].get("chunk", 0)
+    job = edge.submit_chunked(model_id="sha256", version="1.0.0", sources={"cam": {"image": data}}, explain=False)
+    assert grpc_edge.stats()["calls"]["chunk"] - before == max(1, math.ceil(size / CHUNK))
+    record = _record(grpc_edge, job.job_identifier)
+    assert record["input_type"] == "open"
+    assert record["inputs"]["cam"]["image"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+    assert follow(edge, job.job_identifier).status == "COMPLETE"
+
+
+def test_emulator_unknown_model_unknown_job_cancel_and_list(grpc_edge: Any) -> None:
+    edge = emulator_client(grpc_edge)
+    with pytest.raises(ModelNotFound) as info:
+        edge.submit_job(
+            model_id="nope", version="0.0.1", sources={"a": {"i": b"1"}}, input_type="embedded", explain=False
+        )
+    assert "nope:0.0.1" in info.value.message
+    with pytest.raises(JobNotFound):
+        edge.get_job("no-such-job")
+    assert edge.get_results("no-such-job") is None
+    assert edge.cancel_job("no-such-job") is None
+    slow = edge.submit_job(
+        model_id="sleep", version="1.0.0", sources={"job": {"seconds": "30"}}, input_type="text", explain=False
+    )
+    assert slow.job_identifier in {summary.job_identifier for summary in edge.list_jobs()}
+    canceled = edge.cancel_job(slow.job_identifier)
+    assert canceled is not None and canceled.status == "CANCELED"
+    assert edge.get_job(slow.job_identifier).status == "CANCELED"
+
+
+def test_emulator_refuses_an_embedded_job_over_its_receive_limit_as_payload_too_large(grpc_edge: Any) -> None:
+    import os
+
+    edge = emulator_client(grpc_edge)
+    before = grpc_edge.stats()["jobs_submitted"]
+    with pytest.raises(EdgeRejected) as info:
+        edge.submit_job(
+            model_id="sha256",
+            version="1.0.0",
+            sources={"big": {"i": os.urandom(5 << 20)}},
+            input_type="embedded",
+            explain=False,
+        )
+    assert info.value.code == "PAYLOAD_TOO_LARGE"
+    assert "larger than max" in info.value.message
+    assert grpc_edge.stats()["jobs_submitted"] == before

@@ -163,7 +163,11 @@ class EdgeResults:
                     output = item.get("results.json")
                     results[source] = output if output is not None else {k: v for k, v in item.items()}
         failures_raw = pick(data, "failures") or {}
-        failures = dict(failures_raw) if isinstance(failures_raw, Mapping) else {}
+        failures = (
+            {source: _failure(value) for source, value in failures_raw.items()}
+            if isinstance(failures_raw, Mapping)
+            else {}
+        )
         return cls(
             finished=bool(pick(data, "finished", False)),
             results=results,
@@ -173,6 +177,16 @@ class EdgeResults:
             completed=as_int(pick(data, "completed")),
             failed=as_int(pick(data, "failed")),
         )
+
+
+def _failure(value: Any) -> Any:
+    """A failure's Any as one flat object: protobuf JSON nests a well-known type (a Struct) under "value"."""
+    if not isinstance(value, Mapping):
+        return value
+    inner = value.get("value")
+    if str(value.get("@type", "")).endswith("/google.protobuf.Struct") and isinstance(inner, Mapping):
+        return {"@type": value["@type"], **inner}
+    return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
