@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker.edge import EdgeJob, EdgeResults, HttpEdgeClient, normalize_status, parse_size
+from worker.edge import EdgeClient, EdgeJob, EdgeResults, HttpEdgeClient, normalize_status, parse_size
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.errors import EdgeError, EdgeRejected, EdgeUnavailable, JobNotFound, ModelNotFound
 
@@ -32,7 +32,7 @@ def client(url: str, *, request_timeout_s: float = 5.0, max_attempts: int = 3, *
     return HttpEdgeClient(base_url=url, request_timeout_s=request_timeout_s, max_attempts=max_attempts, **kwargs)
 
 
-def follow(edge: HttpEdgeClient, job_id: str, timeout_s: float = 10.0) -> EdgeJob:
+def follow(edge: EdgeClient, job_id: str, timeout_s: float = 10.0) -> EdgeJob:
     deadline = time.monotonic() + timeout_s
     while True:
         job = edge.get_job(job_id)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ import grpc
 from google.protobuf import any_pb2, struct_pb2
 
 from tests.grpc_stub import GrpcStub, Reply, StubServer
+from tests.test_edge_client import follow, free_port
 from worker._proto.common.v1 import common_pb2, errors_pb2
 from worker._proto.jobs.v1 import jobs_pb2
 from worker._proto.results.v1 import results_pb2
@@ -41,10 +41,10 @@ def stub() -> Iterator[GrpcStub]:
         server.stop()
 
 
-def client(stub: GrpcStub, **kwargs: Any) -> GrpcEdgeClient:
+def client(target: str, **kwargs: Any) -> GrpcEdgeClient:
     kwargs.setdefault("request_timeout_s", 5.0)
     kwargs.setdefault("max_attempts", 3)
-    return GrpcEdgeClient(target=stub.target, **kwargs)
+    return GrpcEdgeClient(target=target, **kwargs)
 
 
 def receipt(
@@ -57,13 +57,6 @@ def details(job_id: str = "j1", status: str = "COMPLETE", **fields: Any) -> jobs
     return jobs_pb2.JobDetails(job_identifier=job_id, model=MODEL, status=status, **fields)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 # -- what the client sends ---------------------------------------------------------------------------
 
 
@@ -72,7 +65,7 @@ def test_embedded_submission_is_a_job_submission_with_data_uri_struct_values(stu
         "SubmitJob",
         Reply(receipt(total_inputs=2, job_inputs=jobs_pb2.JobSubmissionReceipt.JobInputs(identifier=["a", "b"]))),
     )
-    job = client(stub).submit_job(
+    job = client(stub.target).submit_job(
         model_id="m",
         version="1",
         sources={"a": {"img": b"\x00\xff\x10"}, "b": {"cap": "snow"}},
@@ -93,7 +86,7 @@ def test_embedded_submission_is_a_job_submission_with_data_uri_struct_values(stu
 
 def test_text_submission_sends_plain_strings(stub: GrpcStub) -> None:
     stub.on("SubmitJob", Reply(receipt()))
-    client(stub).submit_job(
+    client(stub.target).submit_job(
         model_id="m", version="1", sources={"doc": {"t": "héllo ☃", "b": b"bytes"}}, input_type="text", explain=False
     )
     request = stub.seen("SubmitJob")[0].request
@@ -104,8 +97,8 @@ def test_text_submission_sends_plain_strings(stub: GrpcStub) -> None:
 def test_traceparent_and_api_key_travel_as_metadata(stub: GrpcStub) -> None:
     stub.on("GetJob", Reply(details()))
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    client(stub, api_key="key-1").get_job("j1", traceparent=parent)
-    client(stub).get_job("j1")
+    client(stub.target, api_key="key-1").get_job("j1", traceparent=parent)
+    client(stub.target).get_job("j1")
     first, second = stub.seen("GetJob")
     assert first.metadata["traceparent"] == parent
     assert first.metadata["authorization"] == "ApiKey key-1"
@@ -119,7 +112,7 @@ def test_chunked_upload_opens_a_job_appends_raw_bytes_and_closes_it(stub: GrpcSt
     stub.on("AddInputToJob", Reply(_empty()))
     stub.on("CloseJob", Reply(receipt("open-1", total_inputs=2)))
     data = bytes(range(256)) * 10  # 2560 bytes: three chunks of at most 1000
-    job = client(stub).submit_chunked(
+    job = client(stub.target).submit_chunked(
         model_id="m", version="1", sources={"a": {"x": data}, "b": {"y": ""}}, explain=True
     )
     assert (job.job_identifier, job.status, job.total) == ("open-1", "SUBMITTED", 2)
@@ -138,20 +131,20 @@ def test_chunked_upload_opens_a_job_appends_raw_bytes_and_closes_it(stub: GrpcSt
 
 def test_chunks_are_cut_to_fit_the_largest_message_configured(stub: GrpcStub) -> None:
     stub.on("GetFeatures", Reply(jobs_pb2.JobFeatures(input_chunk_maximum_size="8Mi")))
-    assert client(stub).features().chunk_bytes == 8 << 20
-    small = client(stub, max_message_bytes=1 << 20).features()
+    assert client(stub.target).features().chunk_bytes == 8 << 20
+    small = client(stub.target, max_message_bytes=1 << 20).features()
     assert small.chunk_bytes == (1 << 20) - 64 * 1024
 
 
 def test_features_are_read_once_and_the_sdk_fallback_applies(stub: GrpcStub) -> None:
     stub.on("GetFeatures", Reply(jobs_pb2.JobFeatures(input_chunk_maximum_size="512Ki", maximum_inputs_per_job=7)))
-    edge = client(stub)
+    edge = client(stub.target)
     first = edge.features()
     assert (first.chunk_bytes, first.max_chunks, first.max_inputs) == (524_288, None, 7)
     assert edge.features() is first
     assert len(stub.seen("GetFeatures")) == 1
     stub.on("GetFeatures", Reply(jobs_pb2.JobFeatures()))
-    assert client(stub).features().chunk_bytes == 1 << 20
+    assert client(stub.target).features().chunk_bytes == 1 << 20
 
 
 # -- what the client makes of the answers ------------------------------------------------------------
@@ -169,7 +162,7 @@ def test_job_details_are_read_like_the_gateway_shows_them(stub: GrpcStub) -> Non
     )
     answer.created_at.FromJsonString("2024-01-01T00:00:00.250Z")
     stub.on("GetJob", Reply(answer))
-    job = client(stub).get_job("j1")
+    job = client(stub.target).get_job("j1")
     assert (job.status, job.terminal, job.total, job.completed, job.failed) == ("COMPLETE", True, 2, 1, 1)
     assert (job.elapsed_ms, job.job_inputs, job.created_at) == (900, ["a", "b"], "2024-01-01T00:00:00.250Z")
     assert job.submitted_at is None  # unset, as the gateway shows it (null)
@@ -186,7 +179,7 @@ def test_results_struct_and_failure_any_become_dicts(stub: GrpcStub) -> None:
     results.failures["b"].CopyFrom(packed)
     results.failures["c"].CopyFrom(any_pb2.Any(type_url="type.googleapis.com/other.v1.Unknown", value=b"\x08\x01"))
     stub.on("GetResults", Reply(results))
-    got = client(stub).get_results("j1")
+    got = client(stub.target).get_results("j1")
     assert got == EdgeResults(
         finished=True,
         results={"a": {"label": "cat", "score": 0.5, "boxes": [1, 2]}},
@@ -213,7 +206,7 @@ def test_list_jobs_reads_the_summaries(stub: GrpcStub) -> None:
         jobs=[jobs_pb2.JobSummary(job_identifier="j1", status="IN_PROGRESS", model=MODEL)], total_count=1
     )
     stub.on("GetJobs", Reply(listed))
-    [summary] = client(stub).list_jobs()
+    [summary] = client(stub.target).list_jobs()
     assert (summary.job_identifier, summary.status, summary.model) == (
         "j1",
         "IN_PROGRESS",
@@ -231,7 +224,7 @@ def _submit(edge: GrpcEdgeClient) -> Any:
 def test_not_found_on_submit_is_model_not_found(stub: GrpcStub) -> None:
     stub.on("SubmitJob", Reply(code=grpc.StatusCode.NOT_FOUND, details="model m:1 does not exist"))
     with pytest.raises(ModelNotFound) as info:
-        _submit(client(stub))
+        _submit(client(stub.target))
     assert info.value.code == "MODEL_NOT_FOUND"
     assert "m:1" in info.value.message and "does not exist" in info.value.message
     assert len(stub.seen("SubmitJob")) == 1
@@ -241,7 +234,7 @@ def test_resource_exhausted_as_too_large_on_submit_is_payload_too_large_and_not_
     message = "grpc: received message larger than max (4266784 vs. 4194304)"
     stub.on("SubmitJob", Reply(code=grpc.StatusCode.RESOURCE_EXHAUSTED, details=message))
     with pytest.raises(EdgeRejected) as info:
-        _submit(client(stub))
+        _submit(client(stub.target))
     assert info.value.code == "PAYLOAD_TOO_LARGE"
     assert "larger than max" in info.value.message
     assert len(stub.seen("SubmitJob")) == 1
@@ -249,7 +242,7 @@ def test_resource_exhausted_as_too_large_on_submit_is_payload_too_large_and_not_
 
 def test_a_message_over_the_clients_own_send_limit_is_payload_too_large(stub: GrpcStub) -> None:
     stub.on("SubmitJob", Reply(receipt()))
-    edge = client(stub, max_message_bytes=1 << 20)
+    edge = client(stub.target, max_message_bytes=1 << 20)
     with pytest.raises(EdgeRejected) as info:
         edge.submit_job(
             model_id="m", version="1", sources={"s": {"i": b"x" * (1 << 20)}}, input_type="embedded", explain=False
@@ -261,14 +254,14 @@ def test_a_message_over_the_clients_own_send_limit_is_payload_too_large(stub: Gr
 def test_plain_resource_exhausted_is_transient(stub: GrpcStub) -> None:
     busy = Reply(code=grpc.StatusCode.RESOURCE_EXHAUSTED, details="too many jobs")
     stub.on("SubmitJob", busy, Reply(receipt("j9")))
-    assert _submit(client(stub)).job_identifier == "j9"
+    assert _submit(client(stub.target)).job_identifier == "j9"
     assert len(stub.seen("SubmitJob")) == 2
 
 
 def test_invalid_argument_is_edge_rejected(stub: GrpcStub) -> None:
     stub.on("SubmitJob", Reply(code=grpc.StatusCode.INVALID_ARGUMENT, details="input i: bad data URI"))
     with pytest.raises(EdgeRejected) as info:
-        _submit(client(stub))
+        _submit(client(stub.target))
     assert info.value.code == "EDGE_REJECTED"
     assert "gRPC INVALID_ARGUMENT" in info.value.message and "bad data URI" in info.value.message
     assert len(stub.seen("SubmitJob")) == 1
@@ -278,7 +271,7 @@ def test_not_found_on_a_job_is_job_lost_and_on_results_or_cancel_none(stub: Grpc
     gone = Reply(code=grpc.StatusCode.NOT_FOUND, details="no such job")
     for method in ("GetJob", "GetResults", "CancelJob"):
         stub.on(method, gone)
-    edge = client(stub)
+    edge = client(stub.target)
     with pytest.raises(JobNotFound) as info:
         edge.get_job("j1")
     assert info.value.code == "JOB_LOST" and "j1" in info.value.message
@@ -290,7 +283,7 @@ def test_unavailable_is_retried_then_succeeds(stub: GrpcStub) -> None:
     down = Reply(code=grpc.StatusCode.UNAVAILABLE, details="failed to connect to all addresses")
     stub.on("GetJob", down, down, Reply(details()))
     calls: list[tuple[str, str | None]] = []
-    job = client(stub, max_attempts=5, on_call=lambda n, _s, kind: calls.append((n, kind))).get_job("j1")
+    job = client(stub.target, max_attempts=5, on_call=lambda n, _s, kind: calls.append((n, kind))).get_job("j1")
     assert job.status == "COMPLETE"
     assert calls == [("status", "connection"), ("status", "connection"), ("status", None)]
 
@@ -298,7 +291,7 @@ def test_unavailable_is_retried_then_succeeds(stub: GrpcStub) -> None:
 def test_internal_is_retried_until_max_attempts_then_edge_unavailable(stub: GrpcStub) -> None:
     stub.on("GetJob", Reply(code=grpc.StatusCode.INTERNAL, details="boom"))
     with pytest.raises(EdgeUnavailable) as info:
-        client(stub, max_attempts=3).get_job("j1")
+        client(stub.target, max_attempts=3).get_job("j1")
     assert "gRPC INTERNAL" in info.value.message and "after 3 attempts" in info.value.message
     assert len(stub.seen("GetJob")) == 3
 
@@ -307,7 +300,7 @@ def test_a_slow_edge_meets_the_deadline_of_request_timeout(stub: GrpcStub) -> No
     stub.on("GetJob", Reply(details(), sleep_s=1.0))
     started = time.monotonic()
     with pytest.raises(EdgeUnavailable) as info:
-        client(stub, request_timeout_s=0.2, max_attempts=1).get_job("j1")
+        client(stub.target, request_timeout_s=0.2, max_attempts=1).get_job("j1")
     assert "did not answer status within 0.2 s" in info.value.message
     assert time.monotonic() - started < 0.9
 
@@ -315,7 +308,7 @@ def test_a_slow_edge_meets_the_deadline_of_request_timeout(stub: GrpcStub) -> No
 def test_retries_stop_at_the_deadline(stub: GrpcStub) -> None:
     stub.on("GetJob", Reply(code=grpc.StatusCode.UNAVAILABLE, details="restarting"))
     with pytest.raises(EdgeUnavailable) as info:
-        client(stub, max_attempts=100).get_job("j1", deadline=time.monotonic())
+        client(stub.target, max_attempts=100).get_job("j1", deadline=time.monotonic())
     assert "deadline reached" in info.value.message
     assert len(stub.seen("GetJob")) == 1
 
@@ -325,7 +318,7 @@ def test_a_chunk_that_may_have_arrived_is_not_sent_again_and_the_open_job_is_aba
     stub.on("SubmitJob", Reply(receipt("open-1", status=jobs_pb2.OPEN)))
     stub.on("AddInputToJob", Reply(_empty(), sleep_s=1.5))
     stub.on("CancelJob", Reply(details("open-1", "CANCELED")))
-    edge = client(stub, request_timeout_s=0.5, max_attempts=5)
+    edge = client(stub.target, request_timeout_s=0.5, max_attempts=5)
     with pytest.raises(EdgeUnavailable) as raised:
         edge.submit_chunked(model_id="m", version="1", sources={"s": {"i": b"x" * 10}}, explain=False)
     assert raised.value.maybe_sent
@@ -336,11 +329,11 @@ def test_a_chunk_that_may_have_arrived_is_not_sent_again_and_the_open_job_is_aba
 
 def test_a_submission_whose_answer_was_lost_is_sent_again_and_flagged(stub: GrpcStub) -> None:
     stub.on("SubmitJob", Reply(receipt("j1"), sleep_s=1.0), Reply(receipt("j2")))
-    job = _submit(client(stub, request_timeout_s=0.3, max_attempts=3))
+    job = _submit(client(stub.target, request_timeout_s=0.3, max_attempts=3))
     assert job.job_identifier == "j2" and job.maybe_duplicated
     assert len(stub.seen("SubmitJob")) == 2
     stub.on("SubmitJob", Reply(receipt("j3")))
-    assert not _submit(client(stub)).maybe_duplicated
+    assert not _submit(client(stub.target)).maybe_duplicated
 
 
 def test_a_refused_connection_is_retried_even_for_a_chunk_and_answers_says_why() -> None:
@@ -355,7 +348,7 @@ def test_a_refused_connection_is_retried_even_for_a_chunk_and_answers_says_why()
 
 def test_one_channel_serves_every_thread(stub: GrpcStub) -> None:
     stub.on("GetJob", Reply(details()))
-    edge = client(stub)
+    edge = client(stub.target)
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -439,22 +432,6 @@ def grpc_edge() -> Iterator[Any]:
         emu.stop()
 
 
-def emulator_client(emu: Any, **kwargs: Any) -> GrpcEdgeClient:
-    kwargs.setdefault("request_timeout_s", 10.0)
-    kwargs.setdefault("max_attempts", 3)
-    return GrpcEdgeClient(target=emu.grpc_target, **kwargs)
-
-
-def follow(edge: GrpcEdgeClient, job_id: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = edge.get_job(job_id)
-        if job.terminal:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
-        time.sleep(0.005)  # sleep-ok: the poll interval of a deadline-bounded wait
-
-
 def _record(emu: Any, job_id: str) -> dict[str, Any]:
     [record] = [job for job in emu.stats()["jobs"] if job["id"] == job_id]
     found: dict[str, Any] = record
@@ -464,7 +441,7 @@ def _record(emu: Any, job_id: str) -> dict[str, Any]:
 def test_emulator_embedded_job_bytes_arrive_intact_and_results_come_back(grpc_edge: Any) -> None:
     import hashlib
 
-    edge = emulator_client(grpc_edge)
+    edge = client(grpc_edge.grpc_target)
     sources: dict[str, dict[str, bytes | str]] = {"cam-1": {"image": bytes(range(256)) * 10}, "cam-2": {"x": b"\xff"}}
     receipt = edge.submit_job(model_id="sha256", version="1.0.0", sources=sources, input_type="embedded", explain=False)
     assert receipt.job_identifier and receipt.status in {"SUBMITTED", "IN_PROGRESS", "COMPLETE"}
@@ -483,7 +460,7 @@ def test_emulator_embedded_job_bytes_arrive_intact_and_results_come_back(grpc_ed
 
 
 def test_emulator_text_job_and_failures(grpc_edge: Any) -> None:
-    edge = emulator_client(grpc_edge)
+    edge = client(grpc_edge.grpc_target)
     text = edge.submit_job(
         model_id="sha256", version="1.0.0", sources={"doc": {"t": "héllo ☃"}}, input_type="text", explain=True
     )
@@ -515,7 +492,7 @@ def test_emulator_chunked_upload_is_byte_identical_around_the_chunk_size(grpc_ed
     import math
     import os
 
-    edge = emulator_client(grpc_edge)
+    edge = client(grpc_edge.grpc_target)
     assert edge.features().chunk_bytes == CHUNK  # "1K": the smaller reading
     data = os.urandom(size)
     before = grpc_edge.stats()["calls"].get("chunk", 0)
@@ -528,7 +505,7 @@ def test_emulator_chunked_upload_is_byte_identical_around_the_chunk_size(grpc_ed
 
 
 def test_emulator_unknown_model_unknown_job_cancel_and_list(grpc_edge: Any) -> None:
-    edge = emulator_client(grpc_edge)
+    edge = client(grpc_edge.grpc_target)
     with pytest.raises(ModelNotFound) as info:
         edge.submit_job(
             model_id="nope", version="0.0.1", sources={"a": {"i": b"1"}}, input_type="embedded", explain=False
@@ -550,7 +527,7 @@ def test_emulator_unknown_model_unknown_job_cancel_and_list(grpc_edge: Any) -> N
 def test_emulator_refuses_an_embedded_job_over_its_receive_limit_as_payload_too_large(grpc_edge: Any) -> None:
     import os
 
-    edge = emulator_client(grpc_edge)
+    edge = client(grpc_edge.grpc_target)
     before = grpc_edge.stats()["jobs_submitted"]
     with pytest.raises(EdgeRejected) as info:
         edge.submit_job(
