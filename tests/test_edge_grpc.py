@@ -17,6 +17,7 @@ pytest.importorskip("grpc")
 import grpc
 from google.protobuf import any_pb2, struct_pb2
 
+from tests.conftest import Producer, ReplyCollector
 from tests.grpc_stub import GrpcStub, Reply, StubServer
 from tests.test_edge_client import follow, free_port
 from worker._proto.common.v1 import common_pb2, errors_pb2
@@ -540,3 +541,30 @@ def test_emulator_refuses_an_embedded_job_over_its_receive_limit_as_payload_too_
     assert info.value.code == "PAYLOAD_TOO_LARGE"
     assert "larger than max" in info.value.message
     assert grpc_edge.stats()["jobs_submitted"] == before
+
+
+def test_worker_over_grpc_runs_embedded_chunked_and_unknown_model_requests(
+    grpc_edge: Any, worker_factory: Any, producer: Producer, collector: ReplyCollector
+) -> None:
+    import hashlib
+    import os
+
+    http_calls = grpc_edge.stats()["calls_by_face"].get("http", 0)
+    worker = worker_factory(f"grpc://{grpc_edge.grpc_target}", edge__embed_limit=2 * CHUNK).start()
+    small, large = os.urandom(CHUNK), os.urandom(5 * CHUNK + 3)
+    model = {"identifier": "sha256", "version": "1.0.0"}
+    ids = [
+        producer.publish({"model": model, "sources": {"a": {"x": small}}}),
+        producer.publish({"model": model, "sources": {"b": {"y": large}}}),
+        producer.publish({"model": {"identifier": "nope", "version": "9"}, "sources": {"a": {"x": b"1"}}}),
+    ]
+    finals = collector.wait_finals(3, timeout_s=60)
+    first, second, unknown = (finals[mid][0] for mid in ids)
+    assert first["status"] == "COMPLETE", first
+    assert first["results"]["a"]["inputs"]["x"]["sha256"] == hashlib.sha256(small).hexdigest()
+    assert second["status"] == "COMPLETE", second
+    assert second["results"]["b"]["inputs"]["y"] == {"sha256": hashlib.sha256(large).hexdigest(), "size": len(large)}
+    assert _record(grpc_edge, second["job_identifier"])["input_type"] == "open"  # chunked, over AddInputToJob
+    assert (unknown["status"], unknown["error"]["code"]) == ("ERROR", "MODEL_NOT_FOUND")
+    assert grpc_edge.stats()["calls_by_face"].get("http", 0) == http_calls  # nothing went to the HTTP face
+    assert worker.terminate() == 0
