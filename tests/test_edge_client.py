@@ -853,3 +853,24 @@ def test_a_failure_holding_a_struct_is_one_flat_object(stub: Stub) -> None:
         "a": {"@type": struct_type, "error": "bad"},
         "b": {"@type": "x/common.v1.Error", "message": "m"},
     }
+
+
+def test_list_jobs_reads_the_gateways_bare_array(emulator: EdgeEmulator) -> None:
+    edge = client(emulator.url)
+    job = edge.submit_job(
+        model_id="sha256", version="1.0.0", sources={"a": {"i": b"1"}}, input_type="embedded", explain=False
+    )
+    listed = {summary.job_identifier: summary for summary in edge.list_jobs()}
+    assert listed[job.job_identifier].model == {"identifier": "sha256", "version": "1.0.0"}
+    assert listed[job.job_identifier].status in {"SUBMITTED", "IN_PROGRESS", "COMPLETE"}
+
+
+def test_traceparent_travels_as_a_header_of_that_call_only(stub: Stub) -> None:
+    stub.on("GET", "/api/jobs/j1", Answer(200, {"jobIdentifier": "j1", "status": "COMPLETE"}))
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    edge = client(stub.url)
+    edge.get_job("j1", traceparent=parent)
+    edge.get_job("j1")
+    first, second = stub.requests("GET", "/api/jobs/j1")
+    assert first.headers["traceparent"] == parent
+    assert "traceparent" not in {key.lower() for key in second.headers}
