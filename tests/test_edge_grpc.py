@@ -287,6 +287,14 @@ def test_unavailable_is_retried_then_succeeds(stub: GrpcStub) -> None:
     job = client(stub.target, max_attempts=5, on_call=lambda n, _s, kind: calls.append((n, kind))).get_job("j1")
     assert job.status == "COMPLETE"
     assert calls == [("status", "connection"), ("status", "connection"), ("status", None)]
+    # An UNAVAILABLE the edge itself answers (not a failed connection) is counted under its code.
+    stub.on("GetJob", Reply(code=grpc.StatusCode.UNAVAILABLE, details="model server restarting"), Reply(details()))
+    stub.on("SubmitJob", Reply(code=grpc.StatusCode.NOT_FOUND, details="no model"))
+    edge = client(stub.target, max_attempts=2, on_call=lambda n, _s, kind: calls.append((n, kind)))
+    edge.get_job("j1")
+    with pytest.raises(ModelNotFound):
+        _submit(edge)
+    assert calls[3:] == [("status", "grpc_unavailable"), ("status", None), ("submit", "grpc_not_found")]
 
 
 def test_internal_is_retried_until_max_attempts_then_edge_unavailable(stub: GrpcStub) -> None:

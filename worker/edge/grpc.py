@@ -108,12 +108,8 @@ class GrpcEdgeClient(RetryingEdgeClient):
         except grpc.RpcError as exc:
             code: grpc.StatusCode = exc.code()
             details = str(exc.details() or "")
-            error = self._error(code, details, name, timeout_s)
-            kind = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else f"grpc_{code.name.lower()}"
-            if code == grpc.StatusCode.UNAVAILABLE:
-                kind = "connection"
-            self._report(name, started, kind)
-            raise error from None
+            self._report(name, started, _error_kind(code, details))
+            raise self._error(code, details, name, timeout_s) from None
         self._report(name, started, None)
         return answer
 
@@ -214,6 +210,15 @@ class GrpcEdgeClient(RetryingEdgeClient):
     def _do_list_jobs(self, deadline: float | None, meta: Mapping[str, str]) -> list[JobSummary]:
         listed = self._rpc(self._jobs.GetJobs, jobs_pb2.JobFilter(), "list", meta, deadline=deadline)
         return [JobSummary.from_answer(as_dict(summary)) for summary in listed.jobs]
+
+
+def _error_kind(code: grpc.StatusCode, details: str) -> str:
+    """The metrics' kind of a failed call: as the HTTP client's where the cause is the same, else the code."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "timeout"
+    if code == grpc.StatusCode.UNAVAILABLE and any(words in details.lower() for words in _NOT_CONNECTED):
+        return "connection"
+    return f"grpc_{code.name.lower()}"  # e.g. grpc_unavailable, grpc_not_found, grpc_resource_exhausted
 
 
 def _results_dict(results: Message) -> dict[str, Any]:
