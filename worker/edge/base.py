@@ -198,9 +198,7 @@ class RetryingEdgeClient:
         traceparent: str | None = None,
     ) -> EdgeJob:
         """Submit a text or embedded job in one call; raises ModelNotFound, EdgeRejected or EdgeUnavailable."""
-        submission = Submission.of(
-            model_id=model_id, version=version, explain=explain, input_type=input_type, sources=sources
-        )
+        submission = Submission(model_id, version, explain, input_type=input_type, sources=sources)
         return self._submit(submission, deadline, _meta(traceparent))
 
     def _submit(self, submission: Submission, deadline: float | None, meta: Mapping[str, str]) -> EdgeJob:

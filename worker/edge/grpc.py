@@ -178,10 +178,9 @@ class GrpcEdgeClient(RetryingEdgeClient):
         )
         if submission.input_type is not None:
             request.input.type = submission.input_type
-            for source, values in (submission.sources or {}).items():
+            for source, values in submission.wire_sources():
                 request.input.sources[source].update(values)  # embedded: each value the data URI, as the SDK does
         receipt = self._rpc(self._jobs.SubmitJob, request, "submit", meta, deadline=deadline, idempotent=False)
-        del request
         return EdgeJob.from_answer(as_dict(receipt))
 
     def _do_append(

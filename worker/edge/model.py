@@ -228,33 +228,32 @@ class JobSummary:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """One JobSubmission: a text or embedded job (sources set), or an open job to append chunks to (None)."""
+    """One JobSubmission: a text or embedded job (input_type and sources set), or an open job (neither).
+
+    It holds the request's own values, not copies: each transport converts them when it builds its message
+    (text as plain strings, embedded as data URIs, the same for JSON and for Struct values), so the
+    converted copy lives no longer than that message's serialization.
+    """
 
     model_id: str
     version: str
     explain: bool
     input_type: str | None = None
-    sources: dict[str, dict[str, str]] | None = None
+    sources: Mapping[str, Mapping[str, bytes | str]] | None = None
 
-    @classmethod
-    def of(
-        cls, *, model_id: str, version: str, explain: bool, input_type: str, sources: Mapping[str, Mapping[str, Any]]
-    ) -> Submission:
-        """Text values as plain strings, embedded values as data URIs: the same for JSON and for Struct values."""
-        if input_type == "text":
-            wire = {
-                s: {k: v if isinstance(v, str) else bytes(v).decode("utf-8") for k, v in inputs.items()}
-                for s, inputs in sources.items()
-            }
-        else:
-            wire = {s: {k: data_uri(v) for k, v in inputs.items()} for s, inputs in sources.items()}
-        return cls(model_id=model_id, version=version, explain=explain, input_type=input_type, sources=wire)
+    def wire_sources(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """Each source's inputs as the edge takes them, one source at a time."""
+        for source, inputs in (self.sources or {}).items():
+            if self.input_type == "text":
+                yield source, {k: v if isinstance(v, str) else bytes(v).decode("utf-8") for k, v in inputs.items()}
+            else:
+                yield source, {k: data_uri(v) for k, v in inputs.items()}
 
     def as_json(self) -> dict[str, Any]:
         model = {"identifier": self.model_id, "version": self.version}
         body: dict[str, Any] = {"model": model, "explain": self.explain}
         if self.input_type is not None:
-            body["input"] = {"type": self.input_type, "sources": self.sources or {}}
+            body["input"] = {"type": self.input_type, "sources": dict(self.wire_sources())}
         return body
 
 
