@@ -307,6 +307,42 @@ def test_healthcheck_exits_0_when_broker_and_edge_answer_and_1_naming_the_one_th
     assert "broker" not in sick.stdout
 
 
+def test_check_config_prints_a_grpc_edge_url(empty_config: Path) -> None:
+    pytest.importorskip("grpc")
+    result = run("check-config", "--config", str(empty_config), env={"EDGE_WORKER_EDGE__URL": "grpc://10.0.0.7:55000"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["edge"]["url"] == "grpc://10.0.0.7:55000"
+
+
+def test_healthcheck_over_grpc_asks_for_the_features_and_names_the_grpc_url_of_a_grpc_port(
+    broker_url: str, empty_config: Path
+) -> None:
+    pytest.importorskip("grpc")
+    from tests.grpc_stub import GrpcStub, Reply, StubServer
+    from worker._proto.jobs.v1 import jobs_pb2
+
+    stub = GrpcStub()
+    server = StubServer(stub)
+    server.start()
+    try:
+        stub.on("GetFeatures", Reply(jobs_pb2.JobFeatures(input_chunk_maximum_size="1M")))
+        env = {"EDGE_WORKER_AMQP__URL": broker_url, "EDGE_WORKER_EDGE__URL": stub.url}
+        healthy = run("healthcheck", "--config", str(empty_config), env=env)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert healthy.stdout.startswith(f"ok: broker and edge {stub.url} answer")
+        assert len(stub.seen("GetFeatures")) == 1
+        # The same port given as http://: the answer names the grpc:// URL to use instead.
+        env["EDGE_WORKER_EDGE__URL"] = f"http://{stub.target}"
+        wrong = run("healthcheck", "--config", str(empty_config), env=env)
+        assert wrong.returncode == 1
+        assert f'edge.url = "grpc://{stub.target}"' in wrong.stdout
+    finally:
+        server.stop()
+    gone = run("healthcheck", "--config", str(empty_config), env={**env, "EDGE_WORKER_EDGE__URL": stub.url})
+    assert gone.returncode == 1
+    assert f"edge {stub.url} unreachable" in gone.stdout
+
+
 def test_submit_to_a_missing_request_queue_says_so_without_a_traceback_or_the_payload(
     broker_url: str, queues: Queues, empty_config: Path
 ) -> None:

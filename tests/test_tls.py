@@ -214,7 +214,7 @@ def test_an_https_edge_is_verified_against_requests_ca_bundle_not_the_environmen
     """
     import requests
 
-    from worker.edge import EdgeClient
+    from worker.edge import HttpEdgeClient
 
     parts = urllib.parse.urlsplit(emulator.url)
     front = StunnelFront(stunnel, tmp_path, tls_files, backend=(parts.hostname or "127.0.0.1", parts.port or 80))
@@ -226,7 +226,7 @@ def test_an_https_edge_is_verified_against_requests_ca_bundle_not_the_environmen
             session = requests.Session()
             session.trust_env = False
             session.get(url + "/api/jobs/features", timeout=10)
-        answers, why = EdgeClient(base_url=url, request_timeout_s=10, max_attempts=1).answers()
+        answers, why = HttpEdgeClient(base_url=url, request_timeout_s=10, max_attempts=1).answers()
         assert not answers
         assert "TLS" in why and "certificate verify failed" in why, why
     finally:

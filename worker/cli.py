@@ -100,7 +100,7 @@ def _healthcheck(config: Config) -> int:
     import pika.exceptions  # noqa: PLC0415
 
     from worker.broker import connection_parameters, root_cause  # noqa: PLC0415
-    from worker.service import make_edge_client  # noqa: PLC0415
+    from worker.edge import make_edge_client  # noqa: PLC0415
 
     problems: list[str] = []
     broker_ok = False
@@ -114,8 +114,9 @@ def _healthcheck(config: Config) -> int:
             break
         except (pika.exceptions.AMQPError, OSError) as exc:
             problems.append(f"broker {describe_url(display)} unreachable ({type(root_cause(exc)).__name__})")
-    edge = make_edge_client(config)
+    edge = make_edge_client(config.edge)  # GetFeatures for grpc://, GET /api/jobs/features for http(s)://
     edge_ok, why = edge.answers()
+    edge.close()
     if not edge_ok:
         problems.append(f"edge {config.edge.url} unreachable ({why})")
     if broker_ok and edge_ok:
