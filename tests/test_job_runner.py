@@ -1,4 +1,4 @@
-"""JobRunner without a broker: deliveries handed in directly, a real emulator over HTTP, a real journal.
+"""JobRunner without a broker: deliveries handed in directly, a real emulator over HTTP or gRPC, a real journal.
 
 What the broker-level tests cannot see from outside: the running marks the journal is left with, and that
 the first-look share learns from jobs submitted here and from nothing else.
@@ -16,6 +16,7 @@ import msgpack
 import pika
 import pytest
 
+from tests.conftest import GRPC_PORT, assert_spoke_only, edge_client
 from worker.edge import EdgeClient, Features, HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import FIRST_LOOK_SHARE_START, EdgeGate, JobRunner, JobSettings, Outcome
@@ -63,9 +64,10 @@ def job_settings(*, upload: str) -> JobSettings:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.02, capacity=4)) as emulator:
-        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+def rig(tmp_path: Path, transport: str) -> Iterator[Rig]:
+    """The lifecycle over the test's transport: the worker's own client for it, from make_edge_client."""
+    with EdgeEmulator(EmulatorConfig(port=0, grpc_port=GRPC_PORT, latency_s=0.02, capacity=4)) as emulator:
+        client = edge_client(emulator, transport)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
         settings = job_settings(upload="embedded")
@@ -76,18 +78,22 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             runner.stop()
             gate.stop()
             journal.close()
+            client.close()
 
 
-def test_a_finished_job_leaves_its_reply_and_no_running_mark(rig: Rig) -> None:
+@pytest.mark.both_transports
+def test_a_finished_job_leaves_its_reply_and_no_running_mark(rig: Rig, transport: str) -> None:
     outcome = rig.deliver("m1", b"one")
     assert outcome.status == "COMPLETE" and outcome.journaled
     assert rig.row("m1") == (None, 1, 1)  # the reply's own commit took the mark off
     replay = rig.deliver("m1", b"one")
     assert replay.status == "REPLAYED" and replay.reply == outcome.reply
     assert rig.row("m1") == (None, 1, 1)  # a replay marks nothing
+    assert_spoke_only(rig.emulator, transport)
 
 
-def test_the_first_look_share_learns_from_jobs_submitted_here_only(rig: Rig) -> None:
+@pytest.mark.both_transports
+def test_the_first_look_share_learns_from_jobs_submitted_here_only(rig: Rig, transport: str) -> None:
     assert rig.runner.estimator.share(MODEL_KEY) == FIRST_LOOK_SHARE_START
     for n in range(5):
         assert rig.deliver(f"m{n}", b"x%d" % n).status == "COMPLETE"
@@ -105,9 +111,11 @@ def test_the_first_look_share_learns_from_jobs_submitted_here_only(rig: Rig) -> 
     assert outcome.status == "COMPLETE"
     assert rig.emulator.stats()["jobs_submitted"] == submitted  # resumed, not submitted again
     assert rig.runner.estimator.share(MODEL_KEY) == learnt
+    assert_spoke_only(rig.emulator, transport)
 
 
-def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig: Rig) -> None:
+@pytest.mark.both_transports
+def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig: Rig, transport: str) -> None:
     """Two workers sharing a state_dir: the one that dead-letters a redelivery must not clear the other's."""
     other = Journal(rig.journal.path, retention_s=600)
     try:
@@ -118,12 +126,16 @@ def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig:
         assert outcome.status == "ERROR" and outcome.dead_letter is not None
         assert outcome.dead_letter.code == "DELIVERY_LIMIT"
         assert rig.row("k")[0] == "1:another-worker"
+        assert rig.emulator.stats()["jobs_submitted"] == 0  # dead-lettered, never sent to the edge
     finally:
         other.close()
 
 
 class _SmallEdge(HttpEdgeClient):
-    """The real client to the real emulator, reporting the smaller limits of another edge's features."""
+    """The real client to the real emulator, reporting the smaller limits of another edge's features.
+
+    HTTP only: the limits are checked by the lifecycle from Features, before any transport carries a chunk, so
+    a gRPC twin would test the same code again."""
 
     def features(self) -> Features:
         super().features()  # asked over HTTP as always; only the answer is another edge's
