@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Queues, WorkerProcess, wait_until
+from tests.conftest import Queues, WorkerProcess, edge_url, wait_until
 from tests.faultkit import (
     DIE_AFTER_PATCH,
     POISON_PATCH,
@@ -82,8 +82,15 @@ def assert_clean(name: str, counts: Any, *, ghosts: int = 0) -> None:
 # -- 1. kill -9 -------------------------------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 def test_kill_9_at_random_moments_loses_nothing(
-    *, emulator: Any, worker_factory: Factory, sender: ResilientProducer, observer: Observer, tmp_path: Path
+    *,
+    emulator: Any,
+    worker_factory: Factory,
+    sender: ResilientProducer,
+    observer: Observer,
+    tmp_path: Path,
+    transport: str,
 ) -> None:
     seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))  # FAULT_SEED repeats a run's kill points
     rng = random.Random(seed)
@@ -91,12 +98,12 @@ def test_kill_9_at_random_moments_loses_nothing(
     stream = Stream()
     ids = publish(sender, stream, range(300), rng=rng)
     kill_points = sorted(rng.sample(range(15, 285), 5))
-    workers = [worker_factory(emulator.url, state_dir=state_dir).start()]
+    workers = [worker_factory(edge_url(emulator, transport), state_dir=state_dir).start()]
     for point in kill_points:
         wait_until(partial(observer.reached, point), 60, what=f"{point} final replies")
         time.sleep(rng.uniform(0.0, 0.04))  # sleep-ok: a random moment within the stream to kill at
         workers[-1].kill()
-        workers.append(worker_factory(emulator.url, state_dir=state_dir).start())
+        workers.append(worker_factory(edge_url(emulator, transport), state_dir=state_dir).start())
     observer.wait_all(ids, 90)
     assert workers[-1].terminate() == 0
     counts = count(stream, observer.seen, emulator)
@@ -195,6 +202,7 @@ def test_broker_restart_mid_stream_loses_nothing(
 OUTAGE_S = float(os.environ.get("FAULT_OUTAGE_S", "6"))  # FAULT_OUTAGE_S tries a longer one
 
 
+@pytest.mark.both_transports
 def test_edge_outage_pauses_intake_and_produces_no_errors(
     *,
     emulator: Any,
@@ -203,11 +211,12 @@ def test_edge_outage_pauses_intake_and_produces_no_errors(
     observer: Observer,
     broker_url: str,
     queues: Queues,
+    transport: str,
 ) -> None:
     rng = random.Random(4)
     stream = Stream()
     ids = publish(sender, stream, range(150), rng=rng)
-    worker = worker_factory(emulator.url).start()
+    worker = worker_factory(edge_url(emulator, transport)).start()
     wait_until(lambda: observer.finals_count() >= 30, 30, what="30 final replies")
     cut_at = time.time()
     emulator.stop()
