@@ -127,6 +127,32 @@ def test_worker_sends_inputs_above_the_embed_limit_in_chunks(
     assert faces[other] == faces_before[other] and faces[transport] > faces_before[transport], faces
 
 
+@pytest.mark.both_transports
+@pytest.mark.parametrize("size", [0, 1])
+def test_worker_with_upload_chunked_sends_empty_and_one_byte_inputs_as_one_chunk_each(
+    *,
+    small_chunk_edge: EdgeEmulator,
+    worker_factory: Any,
+    producer: Producer,
+    collector: ReplyCollector,
+    size: int,
+    transport: str,
+) -> None:
+    faces_before, chunks_before = _calls_by_face(small_chunk_edge), small_chunk_edge.stats()["calls"]["chunk"]
+    worker = worker_factory(edge_url(small_chunk_edge, transport), edge__upload="chunked").start()
+    data = os.urandom(size)
+    mid = producer.publish({"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"a": {"x": data}}})
+    reply = collector.wait_finals(1)[mid][0]
+    assert reply["status"] == "COMPLETE", reply
+    assert reply["results"]["a"]["inputs"]["x"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+    assert _job_record(small_chunk_edge, reply["job_identifier"])["input_type"] == "open"
+    assert small_chunk_edge.stats()["calls"]["chunk"] - chunks_before == 1
+    assert worker.terminate() == 0
+    faces = _calls_by_face(small_chunk_edge)
+    other = "http" if transport == "grpc" else "grpc"
+    assert faces[other] == faces_before[other] and faces[transport] > faces_before[transport], faces
+
+
 def test_embedded_job_over_the_gateway_limit_is_refused_with_429(
     emulator: EdgeEmulator, worker_factory: Any, producer: Producer, collector: ReplyCollector
 ) -> None:
