@@ -282,6 +282,8 @@ def test_wrong_type_in_the_environment_names_the_key(env: dict[str, str], messag
         ("EDGE__EMBED_LIMIT", "0", "edge.embed_limit: expected a value from 1"),
         ("WORKER__CONCURRENCY", "0", "worker.concurrency: expected a value from 1 to 1024, got 0"),
         ("WORKER__CONCURRENCY", "100000", "worker.concurrency: expected a value from 1 to 1024"),
+        ("WORKER__LOOKAHEAD", "-1", "worker.lookahead: expected a value from 0 to 64, got -1"),
+        ("WORKER__LOOKAHEAD", "65", "worker.lookahead: expected a value from 0 to 64, got 65"),
         ("WORKER__STATE_DIR", "", "worker.state_dir: expected a directory path"),
         ("WORKER__DRAIN_TIMEOUT", "-1", "worker.drain_timeout: expected a value from 0"),
         ("WORKER__MAX_REQUEST_BYTES", "100", "worker.max_request_bytes: expected a value from 1024"),

@@ -58,6 +58,7 @@ class EdgeConfig:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     concurrency: int = 8
+    lookahead: int = 2
     state_dir: str = "/var/lib/edge-worker"
     journal_retention: int = 86400
     drain_timeout: float = 60.0
@@ -241,6 +242,7 @@ def _validate(config: Config) -> None:
     if e.chunk_encoding not in {"json", "multipart"}:
         raise ConfigError(f"edge.chunk_encoding: expected 'json' or 'multipart', got {e.chunk_encoding!r}")
     _check_range("worker.concurrency", w.concurrency, 1, 1024)
+    _check_range("worker.lookahead", w.lookahead, 0, 64)
     if not w.state_dir:
         raise ConfigError("worker.state_dir: expected a directory path")
     # At least a minute: a finished reply must outlive its own publish retries (README, "Replies the broker

@@ -107,13 +107,17 @@ class JobRunner:
 
     # -- entry point -------------------------------------------------------------------------------
 
-    def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
-        """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
+    def handle(self, body: bytes, properties: Any, route: ReplyRoute, *, received_at: float | None = None) -> Outcome:
+        """Process one delivery to its outcome. Never raises: a bug hands the delivery back.
+
+        `received_at` (time.monotonic()) is when the delivery arrived: a delivery held for a free thread
+        (worker.lookahead) spends its wait out of its own timeout, whose clock starts there.
+        """
         started = time.monotonic()
         self._metrics.job_started()
         bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
         try:
-            outcome = self._handle(body, properties, route, bound)
+            outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
             if isinstance(exc, Abandoned) or self._stopping.is_set():
                 bound.info("job_abandoned", reason="worker exiting; the request was handed back")
@@ -124,7 +128,7 @@ class JobRunner:
         self._metrics.job_finished(outcome.status, time.monotonic() - started)
         return outcome
 
-    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
+    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any, received_at: float) -> Outcome:
         content_type = getattr(properties, "content_type", None)
         try:
             request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
@@ -142,10 +146,12 @@ class JobRunner:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
         if key is None:
-            return self._handle_request(body, properties, route, request, key=None, bound=bound)
+            return self._handle_request(
+                body, properties, route, request, key=None, bound=bound, received_at=received_at
+            )
         owned = self._claim(key, request, bound)
         try:
-            return self._handle_request(body, properties, route, request, key=key, bound=bound)
+            return self._handle_request(body, properties, route, request, key=key, bound=bound, received_at=received_at)
         finally:
             if owned:
                 self._release(key)
@@ -183,7 +189,15 @@ class JobRunner:
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
     def _handle_request(
-        self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
     ) -> Outcome:
         tracked = self._crashes.record_delivery(key, body)
         entry = tracked.entry
@@ -210,7 +224,15 @@ class JobRunner:
             tracked,
             deliveries=deliveries,
             bound=bound,
-            work=lambda: self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound),
+            work=lambda: self._run(
+                request,
+                route,
+                key=journal_key,
+                resume_id=resume_id,
+                submits=submits,
+                bound=bound,
+                received_at=received_at,
+            ),
         )
 
     def _delivery_count(self, properties: Any, journal_count: int) -> int:
@@ -232,9 +254,19 @@ class JobRunner:
         resume_id: str | None,
         submits: int,
         bound: Any,
+        received_at: float,
     ) -> Outcome:
         started = time.monotonic()
-        deadline = started + self._settings.timeout_s(request)
+        deadline = received_at + self._settings.timeout_s(request)
+        if started >= deadline:
+            # Held (worker.lookahead) until its timeout passed: it never reaches the edge, not even for a
+            # cancel, so that its outcome comes within receipt + timeout and the consumer timeout holds.
+            held = JobTimeout(
+                f"the request's timeout passed while it waited {started - received_at:.3f} s for a free slot"
+            )
+            return self._error_outcome(
+                route, request, None, held, bound, started=received_at, key=key, job_id=resume_id
+            )
         job: EdgeJob | None = None
         results: EdgeResults | None = None
         job_id = resume_id
