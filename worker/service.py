@@ -16,7 +16,7 @@ from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
 from worker.edge import EdgeClient
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
-from worker.jobs import EdgeGate, JobRunner, JobSettings, JobThreads, Outcome
+from worker.jobs import EdgeGate, EdgeSlots, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
 from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
@@ -84,6 +84,9 @@ class Daemon:
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
         self._threads: JobThreads[_Start] | None = None
+        # worker.concurrency edge jobs at once; every delivery taken (prefetch = concurrency + lookahead) has a
+        # thread, so a held one is decoded and waiting for a slot when a job ends.
+        self._slots = EdgeSlots(config.worker.concurrency)
         self._link = BrokerLink(
             ioloop=self._ioloop,
             amqp=config.amqp,
@@ -139,6 +142,7 @@ class Daemon:
             settings=JobSettings.from_config(cfg),
             metrics=self.metrics,
             publish_update=self._publish_update_threadsafe,
+            slots=self._slots,
         )
         if cfg.metrics.listen:
             host, port = parse_listen(cfg.metrics.listen)
@@ -172,7 +176,7 @@ class Daemon:
             log.info("worker_exit", reason="signal during start-up", exit_code=0)
             self._shutdown_helpers()
             return int(ExitCode.OK)
-        self._threads = JobThreads(cfg.worker.concurrency, self._work)
+        self._threads = JobThreads(cfg.worker.concurrency + cfg.worker.lookahead, self._work)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
         self._say("connecting to the broker")
@@ -275,8 +279,7 @@ class Daemon:
             self._inflight[key] = entry
         self._active.add(entry)
         assert self._threads is not None
-        # Runs at once when a thread is free, else is held (at most worker.lookahead: the prefetch bounds it)
-        # until a thread ends its job and takes it, without a round trip through this loop.
+        # A thread is free (prefetch = the threads): it decodes the request, then waits for an edge slot.
         self._threads.submit(_Start(entry, delivery, route, received_at))
 
     def _work(self, start: _Start) -> None:
@@ -296,18 +299,26 @@ class Daemon:
         return held
 
     def _hand_back_held(self) -> int:
-        """The drain's first step: held deliveries go back to the queue (for another worker) at once."""
-        handed_back = 0
+        """The drain's first step: held deliveries go back to the queue (for another worker) at once.
+
+        Those waiting for an edge slot end with a hand-back outcome (requeued in _complete); none waits
+        from now on. Returns how many deliveries were held.
+        """
+        handed_back = self._slots.close()
         for start in self._take_back_held():
             for delivery in start.entry.deliveries:
                 handed_back += int(self._link.requeue(delivery))
         return handed_back
 
     def _forget_dead_held(self) -> None:
-        """The connection is gone: the broker redelivers the held deliveries, so they must not run here."""
-        held = self._take_back_held()
+        """The connection is gone: the broker redelivers what never reached a thread, so it must not run here.
+
+        (Those waiting for an edge slot go on, like the running ones: a redelivery with the same message_id
+        attaches to them and gets their reply.)
+        """
+        held = len(self._take_back_held())
         if held:
-            log.info("held_deliveries_dropped", deliveries=len(held), reason="connection lost: the broker redelivers")
+            log.info("held_deliveries_dropped", deliveries=held, reason="connection lost: the broker redelivers")
 
     def _complete(self, entry: _InFlight, outcome: Outcome) -> None:
         self._active.discard(entry)

@@ -31,6 +31,7 @@ from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
 from worker.jobs.submit import Submitter
 from worker.jobs.suspects import CrashBook, SuspectLine
+from worker.jobs.threads import EdgeSlots, SlotHold
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
@@ -80,8 +81,10 @@ class JobRunner:
         settings: JobSettings,
         metrics: Metrics,
         publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
+        slots: EdgeSlots | None = None,
     ) -> None:
         self._edge = edge
+        self._slots = slots
         self._gate = gate
         self._journal = journal
         self._settings = settings
@@ -146,12 +149,10 @@ class JobRunner:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
         if key is None:
-            return self._handle_request(
-                body, properties, route, request, key=None, bound=bound, received_at=received_at
-            )
+            return self._in_slot(body, properties, route, request, key=None, bound=bound, received_at=received_at)
         owned = self._claim(key, request, bound)
         try:
-            return self._handle_request(body, properties, route, request, key=key, bound=bound, received_at=received_at)
+            return self._in_slot(body, properties, route, request, key=key, bound=bound, received_at=received_at)
         finally:
             if owned:
                 self._release(key)
@@ -186,6 +187,32 @@ class JobRunner:
         if done is not None:
             done.set()
 
+    # -- an edge slot (worker.concurrency of them; worker.lookahead more deliveries wait here) ---------
+
+    def _in_slot(
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
+    ) -> Outcome:
+        """Wait (decoded) for an edge slot, up to the request's timeout counted from its receipt, then run."""
+        slot = SlotHold(self._slots)
+        if not slot.take(received_at + self._settings.timeout_s(request)):
+            waited = time.monotonic() - received_at
+            held = JobTimeout(f"the request's timeout passed while it waited {waited:.3f} s for a free edge slot")
+            return self._error_outcome(route, request, None, held, bound, started=received_at)
+        try:
+            return self._handle_request(
+                body, properties, route, request, key=key, bound=bound, received_at=received_at, slot=slot
+            )
+        finally:
+            slot.release()
+
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
     def _handle_request(
@@ -198,6 +225,7 @@ class JobRunner:
         key: str | None,
         bound: Any,
         received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         tracked = self._crashes.record_delivery(key, body)
         entry = tracked.entry
@@ -232,6 +260,7 @@ class JobRunner:
                 submits=submits,
                 bound=bound,
                 received_at=received_at,
+                slot=slot,
             ),
         )
 
@@ -255,6 +284,7 @@ class JobRunner:
         submits: int,
         bound: Any,
         received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         started = time.monotonic()
         deadline = received_at + self._settings.timeout_s(request)
@@ -316,9 +346,13 @@ class JobRunner:
         except JobTimeout as exc:
             if job_id is not None:
                 self._cancel(job_id, bound)
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         except JobError as exc:
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+        # The edge job has ended: the next job may be submitted while this one's results and reply are made.
+        slot.release()
 
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._follower.fetch_results(job_id, deadline, bound)
