@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -19,10 +20,12 @@ T = TypeVar("T")
 class JobThreads(Generic[T]):
     """A fixed pool of `size` daemon threads running `run(item)`, and the items waiting for one of them.
 
-    At most `size` items run at once: that is the concurrency. Items submitted while every thread is busy
-    are held in arrival order; a thread that ends an item takes the next held one at once, on its own
-    thread, without a round trip through the IO loop. `take_back()` removes the held items (the drain hands
-    their deliveries back before it waits for the running ones).
+    At most `size` items run at once. Items submitted while every thread is busy wait in arrival order; a
+    thread that ends an item takes the next one at once, on its own thread. `take_back()` removes the
+    waiting items (the drain hands their deliveries back before it waits for the running ones).
+
+    The hand-off is a queue.SimpleQueue (C code, one lock): measured cheaper per job than a
+    Condition over a deque (bench/results/profile.md).
 
     Not a ThreadPoolExecutor: the interpreter joins an executor's threads at exit, so a job handed back at
     the drain timeout would hold the process until the job ended at the edge (up to edge.job_timeout),
@@ -32,60 +35,48 @@ class JobThreads(Generic[T]):
 
     def __init__(self, size: int, run: Callable[[T], None]) -> None:
         self._run = run
-        self._held: deque[T] = deque()
-        self._ready = threading.Condition(threading.Lock())
-        self._running = 0
-        self._stopped = False
+        self._work: queue.SimpleQueue[T | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"job-{i}", daemon=True) for i in range(size)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, item: T) -> None:
-        with self._ready:
-            self._held.append(item)
-            self._ready.notify()
+        self._work.put(item)
 
     @property
     def held(self) -> int:
         """Items waiting for a thread."""
-        with self._ready:
-            return len(self._held)
-
-    @property
-    def running(self) -> int:
-        """Items running now (at most `size`)."""
-        with self._ready:
-            return self._running
+        return self._work.qsize()
 
     def take_back(self) -> list[T]:
-        """Remove and return every held item, oldest first; none of them will run."""
-        with self._ready:
-            items = list(self._held)
-            self._held.clear()
+        """Remove and return every waiting item, oldest first; none of them will run."""
+        items: list[T] = []
+        stops = 0
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stops += 1
+            else:
+                items.append(item)
+        for _ in range(stops):  # a shutdown's stop marks stay
+            self._work.put(None)
         return items
 
     def _serve(self) -> None:
-        while True:
-            with self._ready:
-                while not self._held and not self._stopped:
-                    self._ready.wait()
-                if self._stopped:
-                    return
-                item = self._held.popleft()
-                self._running += 1
+        while (item := self._work.get()) is not None:
             try:
                 self._run(item)
             except Exception:  # a thread must survive anything to serve the next job
                 log.exception("job_thread_error")
-            finally:
-                with self._ready:
-                    self._running -= 1
 
     def shutdown(self) -> None:
-        """Threads end when their current item does; held items never start."""
-        with self._ready:
-            self._stopped = True
-            self._ready.notify_all()
+        """Threads end when their current item does; items still waiting never start."""
+        self.take_back()
+        for _ in self._threads:
+            self._work.put(None)
 
 
 class EdgeSlots:
