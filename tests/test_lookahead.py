@@ -6,6 +6,8 @@ once, a held delivery's wait counts toward its timeout, and the drain hands held
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 
 from tests.conftest import Producer, ReplyCollector, WorkerProcess, wait_until
 from worker.emulator import EdgeEmulator, EmulatorConfig
+from worker.jobs import Abandoned, EdgeSlots
 
 SLEEP_MODEL = {"identifier": "sleep", "version": "1.0.0"}
 SHA_MODEL = {"identifier": "sha256", "version": "1.0.0"}
@@ -112,3 +115,52 @@ def test_two_workers_on_one_queue_split_a_burst_evenly(
     wait_until(lambda: sum(len(w.events("job_finished")) for w in workers) == burst, 10, what="every job logged")
     counts = Counter({n: len(w.events("job_finished")) for n, w in enumerate(workers)})
     assert all(0.4 * burst <= c <= 0.6 * burst for c in counts.values()), counts
+
+
+# -- EdgeSlots, the concurrency's slots (pure logic, real threads) -----------------------------------
+
+
+def _waiter(slots: EdgeSlots, deadline: float, results: list[str], name: str) -> threading.Thread:
+    def wait() -> None:
+        try:
+            results.append(name if slots.acquire(deadline) else f"{name}:timeout")
+        except Abandoned:
+            results.append(f"{name}:abandoned")
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_edge_slots_are_handed_over_first_come_first_served() -> None:
+    slots = EdgeSlots(1)
+    far = time.monotonic() + 30
+    assert slots.acquire(far)
+    got: list[str] = []
+    threads = []
+    for count, name in enumerate(("a", "b", "c"), start=1):
+        threads.append(_waiter(slots, far, got, name))
+        wait_until(lambda: slots.waiting == count, 5, what=f"{count} waiting")  # noqa: B023 -- used at once
+    for expected in (["a"], ["a", "b"], ["a", "b", "c"]):
+        slots.release()
+        wait_until(lambda: got == expected, 5, what=f"slot order {expected}")  # noqa: B023 -- used at once
+    assert slots.waiting == 0
+    for thread in threads:
+        thread.join(5)
+
+
+def test_edge_slot_wait_ends_at_the_deadline_and_the_drain_abandons_the_others() -> None:
+    slots = EdgeSlots(1)
+    assert slots.acquire(time.monotonic() + 30)
+    got: list[str] = []
+    soon = _waiter(slots, time.monotonic() + 0.2, got, "soon")
+    late = _waiter(slots, time.monotonic() + 30, got, "late")
+    soon.join(5)
+    assert got == ["soon:timeout"]
+    wait_until(lambda: slots.waiting == 1, 5, what="one left waiting")
+    assert slots.close() == 1
+    late.join(5)
+    assert got == ["soon:timeout", "late:abandoned"]
+    with pytest.raises(Abandoned):
+        slots.acquire(time.monotonic() + 30)  # closed: nothing waits any more
+    slots.release()  # the holder ends normally
