@@ -63,6 +63,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (config.edge.upload, config.edge.embed_limit, config.edge.chunk_encoding) == ("auto", 3_000_000, "json")
     assert config.edge.api_key == ""
     assert (config.worker.concurrency, config.worker.state_dir) == (8, "/var/lib/edge-worker")
+    assert config.worker.lookahead == 2
     assert (config.worker.journal_retention, config.worker.drain_timeout) == (86400, 60)
     assert config.worker.max_request_bytes == 67_108_864
     assert (config.log.level, config.log.format) == ("info", "auto")
