@@ -64,8 +64,8 @@ FULL = Plan(
     overhead_jobs=2000,
     overhead_jobs_c1=1000,
     warmup_jobs=50,
-    sweep_s=2.5,
-    latency_requests=200,
+    sweep_s=2.0,  # 20 series (look-ahead x concurrency) and gRPC: the whole run stays near 15 minutes
+    latency_requests=150,
     large_mib=(1, 8, 24),
     idle_s=30.0,
 )

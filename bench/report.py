@@ -428,7 +428,7 @@ def write_report(results: dict[str, Any], out_dir: Path, plotted: bool) -> Path:
     failures = {name: s["error"] for name, s in results["scenarios"].items() if "error" in s}
     passed = sum(1 for t in targets if t.passed)
     lines = [
-        "# edge-worker benchmark (issue 4)",
+        "# edge-worker benchmark (issues 4 and 11)",
         "",
         f"Run on {results['started_at']} with `{results['command']}` in {results['runtime_s']:.0f} s, "
         f"at commit `{g['commit']}`"
