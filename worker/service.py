@@ -42,7 +42,7 @@ class _InFlight:
 
 @dataclass(slots=True, eq=False)
 class _Start:
-    """A delivery waiting for a job thread (held, up to worker.lookahead of them) or running on one."""
+    """A delivery handed to a job thread: held (decoded, waiting for an edge slot) or running."""
 
     entry: _InFlight
     delivery: Delivery
@@ -290,7 +290,7 @@ class Daemon:
         self._ioloop.add_callback_threadsafe(partial(self._complete, start.entry, outcome))
 
     def _take_back_held(self) -> list[_Start]:
-        """Remove the held deliveries (never started) from the in-flight table; returns them."""
+        """Remove the deliveries no thread has taken yet from the in-flight table; returns them."""
         held = self._threads.take_back() if self._threads is not None else []
         for start in held:
             self._active.discard(start.entry)
