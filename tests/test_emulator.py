@@ -271,7 +271,7 @@ def test_unknown_path_is_not_found_and_wrong_method_unimplemented(edge: Edge) ->
     assert_grpc_error(edge.http.get(f"{edge.url}/api/jobs/no-such-job", timeout=TIMEOUT_S), 404, 5)
     assert_grpc_error(edge.http.get(f"{edge.url}/api/results/no-such-job", timeout=TIMEOUT_S), 404, 5)
     assert_grpc_error(edge.http.delete(f"{edge.url}/api/jobs/no-such-job", timeout=TIMEOUT_S), 404, 5)
-    assert_grpc_error(edge.http.get(f"{edge.url}/api/jobs", timeout=TIMEOUT_S), 501, 12)
+    assert_grpc_error(edge.http.patch(f"{edge.url}/api/jobs", timeout=TIMEOUT_S), 501, 12)  # GET lists jobs
     assert_grpc_error(edge.http.put(f"{edge.url}/api/jobs/features", timeout=TIMEOUT_S), 501, 12)
 
 
@@ -547,3 +547,106 @@ def test_cli_bad_usage_exits_64() -> None:
         main(["--capacity", "many"])
     assert exited.value.code == 64
     assert main(["--chunk-size", "lots"]) == 64
+
+
+# ----- gateway generations (chunk bodies) ----------------------------------------------------------
+
+
+def post_chunk(edge: Edge, job_id: str, body: bytes, content_type: str = "application/json") -> requests.Response:
+    url = f"{edge.url}/api/jobs/{job_id}/s/in"
+    return edge.http.post(url, data=body, headers={"Content-Type": content_type}, timeout=TIMEOUT_S)
+
+
+def test_older_gateway_refuses_base64_chunks_and_appends_nothing_for_them(make_edge: Callable[..., Edge]) -> None:
+    edge = make_edge(gateway="v2.0")
+    job_id = edge.submit({"model": MODEL})["jobIdentifier"]
+    refused = post_chunk(edge, job_id, json.dumps(base64.b64encode(b"lost").decode()).encode())
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "code": 3,
+        "message": "json: cannot unmarshal string into Go value of type []json.RawMessage",
+        "details": [],
+    }
+    multipart = edge.http.post(
+        f"{edge.url}/api/jobs/{job_id}/s/in", files={"input": ("chunk", b"lost too")}, timeout=TIMEOUT_S
+    )
+    assert_grpc_error(multipart, 400, 3)
+    assert post_chunk(edge, job_id, json.dumps(list(b"hello")).encode()).status_code == 200
+    assert post_chunk(edge, job_id, b"").status_code == 200  # an empty body: a zero-length chunk
+    assert post_chunk(edge, job_id, b"null").status_code == 200
+    assert post_chunk(edge, job_id, json.dumps(list(b", world")).encode()).status_code == 200
+
+    assert edge.http.post(f"{edge.url}/api/jobs/{job_id}/close", timeout=TIMEOUT_S).status_code == 200
+    assert edge.wait_for(job_id, *TERMINAL) == "COMPLETE"
+    inputs = edge.results(job_id)["results"]["s"]["results.json"]["inputs"]
+    assert inputs == {"in": {"sha256": sha256(b"hello, world"), "size": 12}}
+    stats = edge.emulator.stats()
+    assert stats["chunks_refused"] == 2 and stats["chunks_appended"] == 4
+    assert stats["calls"]["chunk"] == 6
+
+
+def test_newer_gateway_takes_base64_strings_and_byte_arrays(edge: Edge) -> None:
+    job_id = edge.submit({"model": MODEL})["jobIdentifier"]
+    assert post_chunk(edge, job_id, json.dumps(base64.b64encode(b"\x00\xff").decode()).encode()).status_code == 200
+    assert post_chunk(edge, job_id, json.dumps([1, 2, 255]).encode()).status_code == 200
+    assert post_chunk(edge, job_id, b"null").status_code == 200
+    edge.http.post(f"{edge.url}/api/jobs/{job_id}/close", timeout=TIMEOUT_S)
+    edge.wait_for(job_id, *TERMINAL)
+    inputs = edge.results(job_id)["results"]["s"]["results.json"]["inputs"]
+    assert inputs == {"in": {"sha256": sha256(b"\x00\xff\x01\x02\xff"), "size": 5}}
+    assert edge.emulator.stats()["chunks_refused"] == 0
+
+
+@pytest.mark.parametrize("gateway", ["v2.0", "v2.15.2"])
+@pytest.mark.parametrize("body", [b"[256]", b"[-1]", b"[true]", b'["a"]', b"[1.5]", b"{}", b"7", b"not json"])
+def test_chunk_bodies_no_gateway_takes(make_edge: Callable[..., Edge], gateway: str, body: bytes) -> None:
+    edge = make_edge(gateway=gateway)
+    job_id = edge.submit({"model": MODEL})["jobIdentifier"]
+    assert_grpc_error(post_chunk(edge, job_id, body), 400, 3)
+    assert edge.emulator.stats()["chunks_refused"] == 1
+
+
+def test_gateway_must_be_a_version() -> None:
+    with pytest.raises(ValueError, match="gateway 'old'"):
+        EdgeEmulator(EmulatorConfig(gateway="old"))
+    from worker.emulator import main
+
+    assert main(["--gateway", "latest"]) == 64
+
+
+# ----- listing jobs --------------------------------------------------------------------------------
+
+
+def test_get_jobs_lists_summaries_and_filters_by_job_filter_fields(edge: Edge) -> None:
+    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    text = edge.submit(text_job({"doc": {"input.txt": "x"}}))["jobIdentifier"]
+    opened = edge.submit({"model": MODEL})["jobIdentifier"]
+    other = edge.submit(
+        {"model": {"identifier": "sha256", "version": "1.0.0"}, "input": {"type": "text", "sources": {"a": {"k": "v"}}}}
+    )["jobIdentifier"]
+
+    def listed(**query: str) -> list[dict[str, Any]]:
+        response = edge.http.get(f"{edge.url}/api/jobs", params=query, timeout=TIMEOUT_S)
+        assert response.status_code == 200, response.text
+        answer: list[dict[str, Any]] = response.json()
+        return answer
+
+    everything = listed()
+    assert [job["jobIdentifier"] for job in everything] == [text, opened, other]
+    assert set(everything[1]) == {"jobIdentifier", "status", "model"}
+    assert everything[1]["status"] == "OPEN"
+    assert everything[2]["model"] == {"identifier": "sha256", "version": "1.0.0", "name": "Emulated sha256"}
+    assert [job["jobIdentifier"] for job in listed(model="sha256")] == [other]
+    assert [job["jobIdentifier"] for job in listed(status="OPEN")] == [opened]
+    assert len(listed(startDate=before, endDate=later)) == 3
+    assert len(listed(start_date=before, end_date=later)) == 3  # proto names work as well as JSON names
+    assert listed(startDate=later) == [] and listed(endDate=before) == []
+    body = assert_grpc_error(edge.http.get(f"{edge.url}/api/jobs?startDate=yesterday", timeout=TIMEOUT_S), 400, 3)
+    assert "start_date" in body["message"] and "yesterday" in body["message"]
+    # The details of a listed job still name its sources, so a client can adopt it.
+    details = edge.http.get(f"{edge.url}/api/jobs/{text}", timeout=TIMEOUT_S).json()
+    assert details["jobInputs"] == [{"identifier": "doc"}]
+    edge.emulator.forget_all_jobs()
+    assert listed() == []
+    assert edge.emulator.stats()["calls"]["list"] == 9

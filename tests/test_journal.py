@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -320,3 +322,57 @@ def test_a_delivery_does_not_take_the_mark_of_a_live_process(path: Path) -> None
     finally:
         journal.close()
         other.close()
+
+
+def test_the_journal_stays_under_its_cap_dropping_the_oldest_finished_entries(path: Path) -> None:
+    cap = 2 * 1024 * 1024
+    journal = Journal(path, retention_s=3600, max_bytes=cap)
+    journal.record_delivery("running")  # a job still running: no reply, never dropped
+    journal.record_job("running", "job-r")
+    reply = bytes(range(256)) * 80  # 20 KiB, incompressible enough for sqlite's pages
+    largest = 0
+    for n in range(400):  # 8 MiB of replies through a 2 MiB journal
+        key = f"m{n:04d}"
+        journal.record_delivery(key)
+        journal.record_reply(key, reply)
+        largest = max(largest, journal.size_on_disk())
+    assert largest <= cap, f"journal reached {largest} bytes on disk, cap {cap}"
+    assert journal.evicted > 0
+    kept = sorted(k for k in (f"m{n:04d}" for n in range(400)) if journal.get(k) is not None)
+    assert kept, "the newest replies must still be there"
+    assert kept == [f"m{n:04d}" for n in range(400 - len(kept), 400)], "eviction must take the oldest first"
+    running = journal.get("running")
+    assert running is not None and running.job_id == "job-r"
+
+
+def test_without_pressure_nothing_is_evicted(path: Path) -> None:
+    journal = Journal(path, retention_s=3600, max_bytes=64 * 1024 * 1024)
+    for n in range(50):
+        journal.record_delivery(f"m{n}")
+        journal.record_reply(f"m{n}", b"x" * 1000)
+    assert journal.evicted == 0 and journal.count() == 50
+
+
+def test_its_files_are_private_whatever_the_umask(path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        journal = Journal(path, retention_s=60)
+        journal.record_delivery("m1")
+        journal.record_reply("m1", b"reply")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for suffix in ("", "-wal", "-shm"):
+        file = Path(f"{path}{suffix}")
+        assert file.exists(), file
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, (file, oct(file.stat().st_mode))
+
+
+def test_an_existing_open_journal_is_made_private(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    os.chmod(path.parent, 0o755)
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    Journal(path, retention_s=60).record_delivery("m1")
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

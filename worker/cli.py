@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="S", help="the request's job timeout, and how long --wait waits"
     )
     submit.add_argument("--request-id", metavar="ID")
-    emulator = commands.add_parser("emulator", help="a local stand-in for the edge server's HTTP API")
+    emulator = commands.add_parser("emulator", help="a local stand-in for the edge server (HTTP and gRPC)")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=55000)
     emulator.add_argument("--latency", type=float, default=0.05, metavar="S", help="seconds one job runs")
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
     emulator.add_argument("--chunk-size", default="1M")
     emulator.add_argument("--fail-rate", type=float, default=0.0)
+    emulator.add_argument("--grpc-port", type=int, metavar="P", help="serve the gRPC API too (0: a free port)")
+    emulator.add_argument("--gateway", metavar="VERSION", help="grpc-gateway version the HTTP face imitates")
     return parser
 
 
@@ -213,4 +215,8 @@ def _emulator(args: argparse.Namespace) -> int:
         "--fail-rate",
         str(args.fail_rate),
     ]
+    if args.grpc_port is not None:
+        argv += ["--grpc-port", str(args.grpc_port)]
+    if args.gateway is not None:
+        argv += ["--gateway", args.gateway]
     return emulator_main(argv)

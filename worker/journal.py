@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -43,6 +44,21 @@ CHECKPOINT_INTERVAL_S = 1.0
 # sqlite's own checkpoint stays as a backstop, far above what the thread lets the WAL reach (pages of 4 KiB).
 _BACKSTOP_CHECKPOINT_PAGES = 16384
 
+# The journal's size cap on disk (contract §5 worker.journal_max_bytes). Finished entries are evicted, oldest
+# first, once the live pages would pass EVICT_AT of the cap, down to EVICT_TO of it: the slack keeps the WAL and
+# the pages freed-but-not-yet-reused inside the cap, and makes evictions rare batches instead of one per reply.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+EVICT_AT = 0.80
+EVICT_TO = 0.70
+_EVICT_BATCH = 8
+# Between measurements the live size is estimated from the replies written (plus a row's overhead); it is measured
+# again once the estimate has grown by this share of the cap, or would pass EVICT_AT: two pragmas a reply cost
+# 17 us, a third of the journal's time per job.
+_REMEASURE_SHARE = 0.05
+_ROW_OVERHEAD_BYTES = 256
+# The WAL is truncated back to this share of the cap after a checkpoint (sqlite keeps its largest size otherwise).
+_WAL_SHARE = 0.10
+
 _COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes, submitting"
 
 
@@ -72,10 +88,21 @@ class Journal:
     A background thread checkpoints the WAL once a second when something was written (see above).
     """
 
-    def __init__(self, path: Path, *, retention_s: float, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention_s: float,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    ) -> None:
+        _make_private(path)
         self.path = path
         self._retention_s = retention_s
+        self.max_bytes = max_bytes
+        self.evicted = 0  # finished entries dropped to stay under max_bytes, since opening
+        self._live_estimate: int | None = None  # an upper estimate of the live bytes (see _REMEASURE_SHARE)
+        self._measured_at = 0
         self._lock = threading.Lock()
         self._closed = False
         self.process_token = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -87,7 +114,11 @@ class Journal:
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        # The WAL grows with every commit until a checkpoint: the backstop keeps it within its share of the cap.
+        wal_pages = max(16, min(_BACKSTOP_CHECKPOINT_PAGES, int(max_bytes * _WAL_SHARE) // self._page_size))
+        self._db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+        self._db.execute(f"PRAGMA journal_size_limit={int(max_bytes * _WAL_SHARE)}")
         self._writes = 0  # commits since the last checkpoint (read and reset by the checkpoint thread)
         self.checkpoints = 0
         self.checkpoint_wakeups = 0
@@ -112,6 +143,8 @@ class Journal:
                 if not written:
                     continue  # idle: nothing to copy, no disk touched
                 try:
+                    # TRUNCATE would wait for readers; PASSIVE never blocks a writer, and journal_size_limit
+                    # brings the WAL file back under its share of the cap once it is reset.
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
                 except sqlite3.Error as exc:
@@ -122,8 +155,8 @@ class Journal:
             db.close()
 
     @classmethod
-    def in_state_dir(cls, state_dir: str, *, retention_s: float) -> Journal:
-        return cls(Path(state_dir) / "journal.sqlite3", retention_s=retention_s)
+    def in_state_dir(cls, state_dir: str, *, retention_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Journal:
+        return cls(Path(state_dir) / "journal.sqlite3", retention_s=retention_s, max_bytes=max_bytes)
 
     def _select(self, key: str) -> JournalEntry | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM requests WHERE key = ?", (key,)).fetchone()
@@ -246,13 +279,75 @@ class Journal:
         """The final reply: a redelivery re-publishes it instead of doing the work again.
 
         The run has ended, so this process's running mark goes in the same commit (record_stopped's work).
+        Room is made first: finished entries go, oldest first, while the journal would pass its cap.
         """
+        with self._lock:
+            if not self._closed:
+                self._evict_for(len(reply))
         self._write(
             "UPDATE requests SET reply = ?, updated_at = ?, "
             "running_isolated = CASE WHEN running_by = ? THEN 0 ELSE running_isolated END, "
             "running_by = CASE WHEN running_by = ? THEN NULL ELSE running_by END WHERE key = ?",
             (reply, time.time(), self.process_token, self.process_token, key),
         )
+
+    def _live_bytes(self) -> int:
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
+
+    def _evict_for(self, incoming: int) -> None:
+        """Drop the oldest finished entries until `incoming` more bytes fit under the cap (the lock is held).
+
+        Only entries with a final reply go: a running job's entry is never dropped, whatever the cap says.
+        """
+        incoming += _ROW_OVERHEAD_BYTES
+        estimate = self._live_estimate
+        if (
+            estimate is not None
+            and estimate + incoming <= self.max_bytes * EVICT_AT
+            and estimate - self._measured_at < self.max_bytes * _REMEASURE_SHARE
+        ):
+            self._live_estimate = estimate + incoming
+            return
+        live = self._live_bytes()
+        if live + incoming <= self.max_bytes * EVICT_AT:
+            self._measured_at = live
+            self._live_estimate = live + incoming
+            return
+        target = self.max_bytes * EVICT_TO
+        dropped = 0
+        while self._live_bytes() + incoming > target:
+            removed = self._db.execute(
+                "DELETE FROM requests WHERE key IN (SELECT key FROM requests WHERE reply IS NOT NULL "
+                "ORDER BY updated_at LIMIT ?)",
+                (_EVICT_BATCH,),
+            ).rowcount
+            if removed <= 0:
+                break
+            dropped += removed
+            self._writes += 1
+        live = self._live_bytes()
+        self._measured_at = live
+        self._live_estimate = live + incoming
+        if dropped:
+            self.evicted += dropped
+            log.info(
+                "journal_evicted",
+                entries=dropped,
+                live_bytes=live,
+                max_bytes=self.max_bytes,
+            )
+
+    def size_on_disk(self) -> int:
+        """Bytes of the journal's files (database, WAL and shared-memory index) as they stand."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     def forget(self, key: str) -> None:
         self._write("DELETE FROM requests WHERE key = ?", (key,))
@@ -281,3 +376,22 @@ class Journal:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _make_private(path: Path) -> None:
+    """The journal holds replies with model results: directory 0700, files 0600, whatever the umask.
+
+    sqlite creates the -wal and -shm files with the database file's permissions, so creating that file 0600
+    before sqlite opens it covers all three.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_uid == os.geteuid():
+        os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
