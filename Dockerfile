@@ -70,9 +70,9 @@ LABEL org.opencontainers.image.title="edge-worker" \
 # tini as PID 1: it forwards SIGTERM to the worker (which then drains) and reaps zombies.
 # Not version-pinned: Debian's stable archive only takes security fixes, and the exact version
 # string differs between architectures (binNMUs), which would break the multi-arch build.
-# hadolint ignore=DL3008
 # The layer is cleaned explicitly (package lists, downloaded .debs, apt's caches, its logs) so
 # its size does not depend on whether the base image's apt is configured to clean up after itself.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends tini \
     && apt-get clean \
