@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.http_call import start_emulator
-from bench.run import BROKER_URL, MODEL, Broker, Publisher, ReplySink, request_body
+from bench.measure import request_body
+from bench.plan import BROKER_URL, MODEL
+from bench.procs import Broker, Publisher, ReplySink
 
 Event = tuple[float, str, str | None]  # (monotonic time, hop, message id)
 
@@ -75,7 +77,7 @@ def run_traced_worker(out_path: str) -> int:
         pending = self._pending.get(frame.method.delivery_tag)
         return pending.correlation_id if pending else None
 
-    wrap(broker.BrokerLink, "_on_confirm", "confirm", confirmed_key, after=False)
+    wrap(broker.Confirms, "on_confirm", "confirm", confirmed_key, after=False)
     wrap(broker.BrokerLink, "ack", "ack", lambda s, d: d.properties.message_id, after=False)
     try:
         return cli.main(["run"])

@@ -255,9 +255,13 @@ def test_outages_after_ready_change_status_not_the_watchdog(
     emulator.start()
     path_listener.wait_for("STATUS", f"consuming {worker.env['EDGE_WORKER_AMQP__QUEUE']}: 1 in flight", after=paused)
     assert collector.wait_finals(1)[mid][0]["status"] == "COMPLETE"
+    # The job's end is told too (at the next tick): nothing in flight.
+    idle = path_listener.wait_for(
+        "STATUS", f"consuming {worker.env['EDGE_WORKER_AMQP__QUEUE']}: 0 in flight", after=paused
+    )
 
     # The broker drops the connection; the worker says so, reconnects, and says it consumes again.
-    before = len(path_listener.poll())
+    before = max(len(path_listener.poll()), idle + 1)
     assert close_connections_of(worker.pid) == 1
     lost = path_listener.wait_for("STATUS", after=before)
     assert (path_listener.messages[lost].get("STATUS") or "").startswith(
@@ -271,4 +275,33 @@ def test_outages_after_ready_change_status_not_the_watchdog(
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
     assert values["edge_worker_broker_reconnects_total"] == 1
     assert values["edge_worker_broker_connected"] == 1
+    assert worker.terminate() == 0
+
+
+def test_status_counts_the_jobs_in_flight_while_they_run(
+    path_listener: NotifyListener, emulator: Any, worker_factory: Any, producer: Producer, collector: ReplyCollector
+) -> None:
+    """Issue 14: STATUS= said "0 in flight" while three jobs ran; the count now follows them (once a tick)."""
+    emulator.set_faults(latency_s=3.0)
+    worker = under_systemd(worker_factory(emulator.url, worker__concurrency=4), path_listener)
+    worker.start(wait_ready=False)
+    queue = worker.env["EDGE_WORKER_AMQP__QUEUE"]
+    ready = path_listener.wait_for("READY", "1")
+    assert path_listener.messages[ready].get("STATUS") == f"consuming {queue}: 0 in flight"
+
+    ids = [
+        producer.publish({"model": SHA_REQUEST["model"], "sources": {"cam-1": {"image": bytes([n])}}}) for n in range(3)
+    ]
+    running = path_listener.wait_for("STATUS", f"consuming {queue}: 3 in flight", after=ready)
+    # Seen while the jobs were still running: none of them has replied yet.
+    collector.poll()
+    assert collector.finals() == {}
+    path_listener.wait_for("STATUS", f"consuming {queue}: 0 in flight", after=running)
+    finals = collector.wait_finals(3)
+    assert sorted(finals) == sorted(ids)
+    assert all(replies[0]["status"] == "COMPLETE" for replies in finals.values())
+    # Rate-limited: a count is told at most once a tick (1 s), however fast the jobs come and go.
+    told = [m.at for m in path_listener.poll()[ready:] if (m.get("STATUS") or "").endswith("in flight")]
+    gaps = [b - a for a, b in itertools.pairwise(told)]
+    assert gaps and min(gaps) > 0.5, gaps
     assert worker.terminate() == 0

@@ -16,7 +16,7 @@ import msgpack
 import pika
 import pytest
 
-from worker.edge import EdgeClient
+from worker.edge import EdgeClient, Features
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import FIRST_LOOK_SHARE_START, EdgeGate, JobRunner, JobSettings, Outcome
 from worker.journal import Journal
@@ -49,22 +49,26 @@ class Rig:
             ).fetchone()
 
 
+def job_settings(*, upload: str) -> JobSettings:
+    return JobSettings(
+        job_timeout_s=30,
+        max_timeout_s=60,
+        max_request_bytes=1 << 20,
+        delivery_limit=3,
+        count_deliveries_in_journal=False,
+        max_resubmits=1,
+        upload=upload,
+        embed_limit=1 << 20,
+    )
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.02, capacity=4)) as emulator:
         client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
-        settings = JobSettings(
-            job_timeout_s=30,
-            max_timeout_s=60,
-            max_request_bytes=1 << 20,
-            delivery_limit=3,
-            count_deliveries_in_journal=False,
-            max_resubmits=1,
-            upload="embedded",
-            embed_limit=1 << 20,
-        )
+        settings = job_settings(upload="embedded")
         runner = JobRunner(edge=client, gate=gate, journal=journal, settings=settings, metrics=Metrics())
         try:
             yield Rig(runner, journal, client, emulator)
@@ -116,3 +120,47 @@ def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig:
         assert rig.row("k")[0] == "1:another-worker"
     finally:
         other.close()
+
+
+class _SmallEdge(EdgeClient):
+    """The real client to the real emulator, reporting the smaller limits of another edge's features."""
+
+    def features(self) -> Features:
+        super().features()  # asked over HTTP as always; only the answer is another edge's
+        return Features(chunk_bytes=1024, max_chunks=2, max_inputs=2)
+
+
+@pytest.mark.parametrize(
+    ("sources", "code", "limit"),
+    [
+        ({"s": {"i": b"x" * 2049}}, "PAYLOAD_TOO_LARGE", "at most 2 per input (maximumInputChunks)"),
+        ({f"s{n}": {"i": b"x"} for n in range(3)}, "EDGE_REJECTED", "at most 2 per job (maximumInputsPerJob)"),
+    ],
+)
+def test_a_chunked_request_over_the_edges_limits_is_refused_before_any_upload(
+    tmp_path: Path, sources: dict[str, dict[str, bytes]], code: str, limit: str
+) -> None:
+    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4)) as emulator:
+        client = _SmallEdge(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        gate = EdgeGate(client)
+        settings = job_settings(upload="chunked")
+        runner = JobRunner(edge=client, gate=gate, journal=None, settings=settings, metrics=Metrics())
+        try:
+
+            def deliver(message_id: str, request_sources: dict[str, dict[str, bytes]]) -> Outcome:
+                props = pika.BasicProperties(message_id=message_id, content_type="application/msgpack")
+                body = msgpack.packb({"model": SHA_MODEL, "sources": request_sources}, use_bin_type=True)
+                return runner.handle(body, props, route_from_properties(props))
+
+            within = deliver("within", {"s": {"i": b"x" * 2048}})  # two chunks of 1024: allowed
+            assert within.status == "COMPLETE"
+            opened = emulator.stats()["jobs_submitted"]
+            refused = deliver("over", sources)
+            assert refused.status == "ERROR" and refused.reply is not None
+            error = msgpack.unpackb(refused.reply, raw=False)["error"]
+            assert error["code"] == code
+            assert limit in error["message"], error
+            assert emulator.stats()["jobs_submitted"] == opened  # refused before the edge opened a job
+        finally:
+            runner.stop()
+            gate.stop()

@@ -9,8 +9,6 @@ without the loop ever waiting for one.
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,17 +18,13 @@ import pika
 import pika.exceptions
 import structlog
 from pika.adapters.select_connection import IOLoop
-from pika.adapters.utils import connection_workflow
 
 from worker.backoff import backoff_delay
+from worker.broker_setup import QueuePlan, connection_parameters, describe_error, root_cause
 from worker.config import AmqpConfig, broker_urls, describe_url
 from worker.errors import ConfigError, QueueMismatch
 
 log = structlog.get_logger("worker.broker")
-
-# How long the broker may keep us blocked (memory or disk alarm) before we drop the connection and try
-# another URL: publishing is impossible meanwhile, and so is acknowledging (acks wait for confirms).
-BLOCKED_CONNECTION_TIMEOUT_S = 120
 
 
 @dataclass(slots=True)
@@ -61,52 +55,52 @@ class _Pending:
         )
 
 
-@dataclass(slots=True)
-class QueuePlan:
-    """The queues of the contract's section 3 and their arguments."""
+class Confirms:
+    """Publisher confirms on the publish channel: which publish each ack, nack or return belongs to."""
 
-    queue: str
-    dead_letter_queue: str
-    reply_queue: str
-    arguments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._pending: dict[int, _Pending] = {}
+        self._publish_seq = 0
 
-    @classmethod
-    def from_config(cls, amqp: AmqpConfig) -> QueuePlan:
-        main: dict[str, Any] = {
-            "x-queue-type": amqp.queue_type,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": amqp.dead_letter_queue,
-        }
-        if amqp.queue_type == "quorum":
-            main["x-delivery-limit"] = amqp.delivery_limit
-        plain = {"x-queue-type": amqp.queue_type}
-        return cls(
-            queue=amqp.queue,
-            dead_letter_queue=amqp.dead_letter_queue,
-            reply_queue=amqp.reply_queue,
-            arguments={amqp.dead_letter_queue: plain, amqp.reply_queue: dict(plain), amqp.queue: main},
+    def reset(self) -> None:
+        """A new channel numbers its publishes from 1 again."""
+        self._publish_seq = 0
+        self._pending.clear()
+
+    def add(self, on_done: Callable[[bool, bool], None], routing_key: str, properties: Any) -> None:
+        self._publish_seq += 1
+        self._pending[self._publish_seq] = _Pending(
+            on_done, routing_key, properties.message_id, properties.correlation_id
         )
 
+    def on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        # A return comes before the confirm of the message it returns, so that message is still pending: the
+        # oldest pending publish to the same queue with the same ids is it (a dead-letter copy may have no
+        # message_id, which is why the match is not by message_id alone).
+        pending = next((p for p in self._pending.values() if p.matches(method.routing_key, properties)), None)
+        log.warning(
+            "broker_publish_returned",
+            routing_key=method.routing_key,
+            reply_code=method.reply_code,
+            reply_text=method.reply_text,
+        )
+        if pending is not None:
+            pending.returned = True
 
-def connection_parameters(amqp: AmqpConfig, url: str) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = amqp.heartbeat
-    params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
-    params.connection_attempts = 1
-    params.socket_timeout = 10
-    params.client_properties = {
-        "connection_name": f"edge-worker {socket.gethostname()} pid {os.getpid()}",
-        "product": "edge-worker",
-    }
-    if url.startswith("amqps://"):
-        context = ssl.create_default_context(cafile=amqp.tls_ca_file or None)
-        if amqp.tls_cert_file:
-            context.load_cert_chain(amqp.tls_cert_file, amqp.tls_key_file or None)
-        if not amqp.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
-    return params
+    def on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        confirmed = isinstance(method, pika.spec.Basic.Ack)
+        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        for tag in sorted(tags):
+            pending = self._pending.pop(tag, None)
+            if pending is None:
+                continue
+            pending.on_done(confirmed, pending.returned)
+
+    def fail_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            item.on_done(False, False)
 
 
 class BrokerLink:
@@ -139,8 +133,7 @@ class BrokerLink:
         self._publish_channel: Any = None
         self._consumer_tag: str | None = None
         self._want_consuming = True
-        self._pending: dict[int, _Pending] = {}
-        self._publish_seq = 0
+        self._confirms = Confirms()
         self._attempt = 0
         self._closing = False
         self._ready = False
@@ -189,7 +182,7 @@ class BrokerLink:
         self._publish_channel = None
         self._consumer_tag = None
         was_ready, self._ready = self._ready, False
-        self._fail_pending()
+        self._confirms.fail_all()
         if self._closing:
             self._ioloop.stop()
             return
@@ -265,11 +258,12 @@ class BrokerLink:
 
     def _on_publish_channel_open(self, channel: Any) -> None:
         self._publish_channel = channel
-        self._publish_seq = 0
-        self._pending.clear()
+        self._confirms.reset()
         channel.add_on_close_callback(self._on_work_channel_closed)
-        channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: self._open_consume_channel())
+        channel.add_on_return_callback(self._confirms.on_return)
+        channel.confirm_delivery(
+            ack_nack_callback=self._confirms.on_confirm, callback=lambda _f: self._open_consume_channel()
+        )
 
     def _open_consume_channel(self) -> None:
         assert self._connection is not None
@@ -369,40 +363,8 @@ class BrokerLink:
         if channel is None or not channel.is_open:
             return False
         channel.basic_publish("", routing_key, body, properties, mandatory=True)
-        self._publish_seq += 1
-        self._pending[self._publish_seq] = _Pending(
-            on_done, routing_key, properties.message_id, properties.correlation_id
-        )
+        self._confirms.add(on_done, routing_key, properties)
         return True
-
-    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        # A return comes before the confirm of the message it returns, so that message is still pending: the
-        # oldest pending publish to the same queue with the same ids is it (a dead-letter copy may have no
-        # message_id, which is why the match is not by message_id alone).
-        pending = next((p for p in self._pending.values() if p.matches(method.routing_key, properties)), None)
-        log.warning(
-            "broker_publish_returned",
-            routing_key=method.routing_key,
-            reply_code=method.reply_code,
-            reply_text=method.reply_text,
-        )
-        if pending is not None:
-            pending.returned = True
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        confirmed = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
-        for tag in sorted(tags):
-            pending = self._pending.pop(tag, None)
-            if pending is None:
-                continue
-            pending.on_done(confirmed, pending.returned)
-
-    def _fail_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
-            item.on_done(False, False)
 
     # -- shutting down -----------------------------------------------------------------------------
 
@@ -421,31 +383,4 @@ class BrokerLink:
             self._ioloop.stop()
 
 
-def root_cause(error: BaseException) -> BaseException:
-    """The error under pika's connection-workflow wrappers, whose own text is empty."""
-    for _ in range(5):
-        if isinstance(error, connection_workflow.AMQPConnectionWorkflowFailed) and error.exceptions:
-            error = error.exceptions[-1]
-        elif isinstance(error, connection_workflow.AMQPConnectorPhaseErrorBase):
-            error = error.exception
-        elif (
-            isinstance(error, pika.exceptions.AMQPConnectionError)
-            and len(error.args) == 1
-            and isinstance(error.args[0], BaseException)
-        ):
-            error = error.args[0]
-        else:
-            break
-    return error
-
-
-def describe_error(error: BaseException) -> str:
-    """One short line naming why a connection or channel went away (never a password: pika puts none there)."""
-    error = root_cause(error)
-    if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
-        return f"closed by broker: {error.reply_code} {error.reply_text}"
-    if isinstance(error, pika.exceptions.ChannelClosed):
-        return f"channel closed: {error.reply_code} {error.reply_text}"
-    if isinstance(error, pika.exceptions.AMQPHeartbeatTimeout):
-        return "missed heartbeats"
-    return f"{type(error).__name__}: {error}"[:300]
+__all__ = ["BrokerLink", "Delivery", "QueuePlan", "connection_parameters", "describe_error", "root_cause"]

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
-from typing import Any
 
-import msgpack
-import pika
 import structlog
 from pika.adapters.select_connection import IOLoop
 
-from worker.backoff import backoff_delay
 from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
 from worker.edge import EdgeClient
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
-from worker.jobs import EdgeGate, JobRunner, JobSettings, Outcome
+from worker.jobs import EdgeGate, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
-from worker.messages import ReplyRoute, reply_properties_fields, route_from_properties
+from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
 from worker.notify import SystemdNotifier
+from worker.publish import Outbox
 
 log = structlog.get_logger("worker.service")
 
 TICK_S = 1.0
-# A reply the broker refuses is published again this many times (capped exponential backoff) before the
-# request is handed back; together about a minute, well inside any consumer timeout.
-PUBLISH_ATTEMPTS = 6
-PUBLISH_RETRY_CAP_S = 20.0
 # How often an idle worker asks the edge whether it answers, so that /healthz and the intake pause reflect
 # an edge that went away while nothing was running.
 IDLE_EDGE_PROBE_S = 15.0
@@ -48,36 +38,6 @@ class _InFlight:
 
     key: str | None
     deliveries: list[Delivery] = field(default_factory=list)
-
-
-class _JobThreads:
-    """A fixed pool of daemon threads for the jobs.
-
-    Not a ThreadPoolExecutor: the interpreter joins an executor's threads at exit, so a job handed back at
-    the drain timeout would hold the process until the job ended at the edge (up to edge.job_timeout),
-    defeating worker.drain_timeout. A handed-back job's edge job id is in the journal: the next worker
-    resumes it, so nothing is lost by leaving it behind.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"job-{i}", daemon=True) for i in range(size)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, work: Callable[[], None]) -> None:
-        self._work.put(work)
-
-    def _serve(self) -> None:
-        while (work := self._work.get()) is not None:
-            try:
-                work()
-            except Exception:  # a thread must survive anything to serve the next job
-                log.exception("job_thread_error")
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._work.put(None)
 
 
 def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
@@ -106,15 +66,14 @@ class Daemon:
         self._signals = 0
         self._inflight: dict[str, _InFlight] = {}
         self._active: set[_InFlight] = set()
-        self._publishing: set[_Publication] = set()
         self._last_expiry = 0.0
         self._last_edge_probe = time.monotonic()
-        self._probing = threading.Event()
         self._startup_done = False
+        self._last_status: str | None = None  # the last STATUS= sent
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
-        self._threads: _JobThreads | None = None
+        self._threads: JobThreads | None = None
         self._link = BrokerLink(
             ioloop=self._ioloop,
             amqp=config.amqp,
@@ -123,6 +82,15 @@ class Daemon:
             on_ready=self._on_broker_ready,
             on_lost=self._on_broker_lost,
             on_fatal=self._on_fatal,
+        )
+        self._outbox = Outbox(
+            link=self._link,
+            ioloop=self._ioloop,
+            reply_queue=config.amqp.reply_queue,
+            dead_letter_queue=config.amqp.dead_letter_queue,
+            metrics=self.metrics,
+            may_retry=lambda: not self._draining,
+            on_settled=self._maybe_finish_drain,
         )
         self._metrics_server: MetricsServer | None = None
         self._runner: JobRunner | None = None
@@ -157,16 +125,7 @@ class Daemon:
             edge=self._edge,
             gate=self._gate,
             journal=self._journal,
-            settings=JobSettings(
-                job_timeout_s=cfg.edge.job_timeout,
-                max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
-                max_request_bytes=cfg.worker.max_request_bytes,
-                delivery_limit=cfg.amqp.delivery_limit,
-                count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
-                max_resubmits=cfg.edge.max_resubmits,
-                upload=cfg.edge.upload,
-                embed_limit=cfg.edge.embed_limit,
-            ),
+            settings=JobSettings.from_config(cfg),
             metrics=self.metrics,
             publish_update=self._publish_update_threadsafe,
         )
@@ -202,10 +161,10 @@ class Daemon:
             log.info("worker_exit", reason="signal during start-up", exit_code=0)
             self._shutdown_helpers()
             return int(ExitCode.OK)
-        self._threads = _JobThreads(cfg.worker.concurrency)
+        self._threads = JobThreads(cfg.worker.concurrency)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
-        self._notifier.status("connecting to the broker")
+        self._say("connecting to the broker")
         self._link.start()
         self._ioloop.start()
         self._shutdown_helpers()
@@ -222,7 +181,7 @@ class Daemon:
                 log.info("edge_reachable", url=self._config.edge.url, attempts=attempt)
                 return
             if attempt == 1:
-                self._notifier.status(f"waiting for the edge at {self._config.edge.url}")
+                self._say(f"waiting for the edge at {self._config.edge.url}")
                 log.warning("edge_waiting", url=self._config.edge.url, error=why)
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(f"edge at {self._config.edge.url}: {why}")
@@ -276,14 +235,15 @@ class Daemon:
             self._link.pause_consuming()
         if not self._startup_done:
             self._startup_done = True
-            self._notifier.ready(status=self._status_line())
+            self._last_status = self._status_line()
+            self._notifier.ready(status=self._last_status)
         else:
-            self._notifier.status(self._status_line())
+            self._say(self._status_line())
 
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
-        self._notifier.status(f"waiting for the broker: {reason}"[:200])
-        if self._draining and not self._active and not self._publishing:
+        self._say(f"waiting for the broker: {reason}"[:200])
+        if self._draining and not self._active and not self._outbox:
             self._link.close()
 
     def _on_message(self, delivery: Delivery) -> None:
@@ -321,28 +281,13 @@ class Daemon:
             # Its channel died: the broker redelivers it and the journal answers with the stored reply.
             log.info("outcome_deferred", message_id=entry.key, status=outcome.status)
         else:
-            publication = _Publication(self, entry, outcome, live)
-            self._publishing.add(publication)
-            publication.start()
-        self._maybe_finish_drain()
-
-    def _published(self, publication: _Publication) -> None:
-        self._publishing.discard(publication)
+            self._outbox.send(outcome, original=entry.deliveries[0], live=live)
         self._maybe_finish_drain()
 
     def _publish_update_threadsafe(self, route: ReplyRoute, body: bytes, status: str) -> None:
         # A closure, not functools.partial: pika logs the callback's repr at debug level, and a partial's repr
         # would carry the reply bytes.
-        self._ioloop.add_callback_threadsafe(lambda: self._publish_update(route, body, status))
-
-    def _publish_update(self, route: ReplyRoute, body: bytes, status: str) -> None:
-        props = reply_properties_fields({"status": status, "final": False}, route)
-        self._link.publish(
-            routing_key=route.reply_to or self._config.amqp.reply_queue,
-            body=body,
-            properties=pika.BasicProperties(**props),
-            on_done=lambda _ok, _returned: None,
-        )
+        self._ioloop.add_callback_threadsafe(lambda: self._outbox.send_update(route, body, status))
 
     def _on_edge_change(self, _up: bool) -> None:
         # The worker thread that saw the outage and the probe thread that saw the edge return call this
@@ -359,13 +304,18 @@ class Daemon:
             self._link.resume_consuming()
         else:
             self._link.pause_consuming()
-        self._notifier.status(self._status_line())
+        self._say(self._status_line())
 
     # -- the loop's heartbeat ----------------------------------------------------------------------
 
     def _tick(self) -> None:
         self.metrics.tick()
         self._notifier.watchdog()
+        if self._startup_done and self._link.ready:
+            # The in-flight count changes with every job: told at most once a tick, not on every change.
+            line = self._status_line()
+            if line != self._last_status:
+                self._say(line)
         now = time.monotonic()
         if self._journal is not None and now - self._last_expiry >= JOURNAL_EXPIRY_EVERY_S:
             self._last_expiry = now
@@ -376,19 +326,12 @@ class Daemon:
             self._maybe_finish_drain()
         elif not self._active and self._gate.is_up and now - self._last_edge_probe >= IDLE_EDGE_PROBE_S:
             self._last_edge_probe = now
-            if not self._probing.is_set():
-                self._probing.set()
-                threading.Thread(target=self._probe_idle_edge, name="edge-idle-probe", daemon=True).start()
+            self._gate.probe_idle()
         self._ioloop.call_later(TICK_S, self._tick)
 
-    def _probe_idle_edge(self) -> None:
-        """Off the loop: one probe; an edge that stopped answering while idle pauses intake like any outage."""
-        try:
-            answers, why = self._edge.answers()
-            if not answers:
-                self._gate.report_down(f"idle probe: {why}")
-        finally:
-            self._probing.clear()
+    def _say(self, status: str) -> None:
+        self._last_status = status
+        self._notifier.status(status)
 
     def _status_line(self) -> str:
         if self._draining:
@@ -413,7 +356,8 @@ class Daemon:
             in_flight=len(self._active),
             drain_timeout_s=self._config.worker.drain_timeout,
         )
-        self._notifier.stopping(status=self._status_line())
+        self._last_status = self._status_line()
+        self._notifier.stopping(status=self._last_status)
         self._link.pause_consuming()
         self._maybe_finish_drain()
 
@@ -422,7 +366,7 @@ class Daemon:
         # the connection earlier would hand back requests whose replies are already out.
         if not self._draining:
             return
-        busy = bool(self._active or self._publishing)
+        busy = bool(self._active or self._outbox)
         if busy and time.monotonic() < self._drain_deadline:
             return
         if busy:
@@ -430,14 +374,11 @@ class Daemon:
             for entry in list(self._active):
                 for delivery in entry.deliveries:
                     handed_back += int(self._link.requeue(delivery))
-            for publication in list(self._publishing):
-                handed_back += publication.hand_back()
-            log.warning(
-                "drain_timeout", handed_back=handed_back, in_flight=len(self._active), publishing=len(self._publishing)
-            )
+            publishing = len(self._outbox)
+            handed_back += self._outbox.hand_back_all()
+            log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._active), publishing=publishing)
             self._exit_reason += f" (timeout: {handed_back} handed back)"
             self._active.clear()
-            self._publishing.clear()
         self._link.close()
 
     def _shutdown_helpers(self) -> None:
@@ -453,187 +394,6 @@ class Daemon:
             if released:
                 log.info("journal_released", requests=released)
             self._journal.close()
-
-
-class _Publication:
-    """Publish one outcome (reply, and dead-letter copy when rejected); acknowledge once all are confirmed."""
-
-    def __init__(self, daemon: Daemon, entry: _InFlight, outcome: Outcome, live: list[Delivery]) -> None:
-        self._daemon = daemon
-        self._link = daemon._link
-        self._amqp = daemon._config.amqp
-        self._entry = entry
-        self._outcome = outcome
-        self._live = live
-        self._waiting = 0
-        self._failed = False
-        self._started = False
-        self._done = False
-        self._attempt = 0
-        self._retry_handle: Any = None
-        self._bound_log: Any = None
-
-    @property
-    def _log(self) -> Any:
-        """The job's logger, built only when the reply path has something to say (it unpacks the reply)."""
-        if self._bound_log is None:
-            self._bound_log = log.bind(**_log_context(self._entry, self._outcome))
-        return self._bound_log
-
-    def start(self) -> None:
-        self._attempt += 1
-        self._failed = False
-        self._started = False
-        outcome = self._outcome
-        if outcome.reply is not None:
-            self._publish_reply(outcome.route.reply_to or self._amqp.reply_queue, unroutable_from=None)
-        if outcome.dead_letter is not None:
-            self._publish_dead_letter(outcome.dead_letter.code, outcome.dead_letter.message, outcome.dead_letter.body)
-        self._started = True
-        if self._waiting == 0:
-            self._finish()
-
-    def _publish_reply(self, queue: str, *, unroutable_from: str | None) -> None:
-        assert self._outcome.reply is not None
-        fields = reply_properties_fields(_peek_status(self._outcome), self._outcome.route)
-        if unroutable_from is not None:
-            fields["headers"]["x-unroutable-reply-to"] = unroutable_from
-        props = pika.BasicProperties(**fields)
-
-        def done(confirmed: bool, returned: bool) -> None:
-            self._waiting -= 1
-            if confirmed and returned:
-                if unroutable_from is None and queue != self._amqp.reply_queue:
-                    self._log.warning("reply_unroutable", reply_to=queue, fallback=self._amqp.reply_queue)
-                    self._publish_reply(self._amqp.reply_queue, unroutable_from=queue)
-                    return
-                self._log.error("reply_unroutable", reply_to=queue, fallback=self._amqp.dead_letter_queue)
-                body = self._entry.deliveries[0].body
-                self._publish_dead_letter("REPLY_UNROUTABLE", f"no queue {queue!r} for the reply", body)
-                return
-            self._settle(confirmed, what="reply")
-
-        self._send(queue, self._outcome.reply, props, done)
-
-    def _publish_dead_letter(self, code: str, message: str, body: bytes) -> None:
-        original = self._entry.deliveries[0].properties
-        headers = dict(getattr(original, "headers", None) or {})
-        headers["x-error-code"] = code
-        headers["x-error-message"] = message[:1000]
-        props = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            headers=headers,
-            delivery_mode=2,
-            priority=original.priority,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to,
-            message_id=original.message_id,
-            timestamp=original.timestamp,
-            type=original.type,
-            app_id=original.app_id,
-        )
-
-        def done(confirmed: bool, returned: bool) -> None:
-            self._waiting -= 1
-            if returned:
-                self._log.error("dead_letter_unroutable", queue=self._amqp.dead_letter_queue)
-            if confirmed and not returned:
-                self._daemon.metrics.dead_letters.labels(code=code).inc()
-            self._settle(confirmed and not returned, what="dead_letter")
-
-        self._send(self._amqp.dead_letter_queue, body, props, done)
-
-    def _send(self, queue: str, body: bytes, props: pika.BasicProperties, done: Any) -> None:
-        self._waiting += 1
-        if not self._link.publish(routing_key=queue, body=body, properties=props, on_done=done):
-            self._waiting -= 1
-            self._failed = True  # no channel: the delivery dies with it and comes back
-            if self._waiting == 0 and self._started:
-                self._finish()
-
-    def _settle(self, confirmed: bool, *, what: str) -> None:
-        if not confirmed:
-            self._failed = True
-            self._log.warning("publish_not_confirmed", what=what, attempt=self._attempt)
-        elif what == "reply":
-            self._daemon.metrics.replies.inc()
-        if self._waiting == 0:
-            self._finish()
-
-    def _finish(self) -> None:
-        if self._done:
-            return
-        if self._failed:
-            live = [d for d in self._live if self._link.is_live(d)]
-            if live and self._attempt < PUBLISH_ATTEMPTS and not self._daemon._draining:
-                # The broker refused it (a full reply queue with reject-publish, an internal error): try again
-                # later while we still hold the request, rather than requeueing it at once, which would burn
-                # through the delivery limit in milliseconds and dead-letter a request that has its answer.
-                delay = backoff_delay(self._attempt, base_s=0.5, cap_s=PUBLISH_RETRY_CAP_S) + 0.1
-                self._log.warning("publish_retry", attempt=self._attempt, retry_in_s=round(delay, 2))
-                self._retry_handle = self._daemon._ioloop.call_later(delay, self._retry)
-                return
-            self._done = True
-            # Nacked or lost: hand the request back; a redelivery re-publishes the journal's reply.
-            for delivery in live:
-                self._link.requeue(delivery)
-        else:
-            self._done = True
-            for delivery in self._live:
-                self._link.ack(delivery)
-        self._daemon._published(self)
-
-    def _retry(self) -> None:
-        self._retry_handle = None
-        if self._done:
-            return
-        if not any(self._link.is_live(d) for d in self._live):
-            # The channel died meanwhile: the broker redelivers and the journal answers; nothing to retry.
-            self._done = True
-            self._daemon._published(self)
-            return
-        self.start()
-
-    def hand_back(self) -> int:
-        """The drain timeout: give the request back now, whatever its confirms say; returns how many."""
-        self._done = True
-        if self._retry_handle is not None:
-            self._daemon._ioloop.remove_timeout(self._retry_handle)
-        return sum(int(self._link.requeue(delivery)) for delivery in self._live)
-
-
-def _log_context(entry: _InFlight, outcome: Outcome) -> dict[str, Any]:
-    """The job's log context for the reply path: from the route, and from the reply itself when there is one."""
-    route = outcome.route
-    context: dict[str, Any] = {
-        "message_id": route.message_id,
-        "correlation_id": route.correlation_id,
-        "request_id": route.request_id,
-    }
-    try:
-        reply = msgpack.unpackb(outcome.reply, raw=False) if outcome.reply else {}
-    except ValueError:
-        reply = {}
-    model = reply.get("model") if isinstance(reply, dict) else None
-    if isinstance(model, dict):
-        context["model"] = model.get("identifier")
-        context["version"] = model.get("version")
-    if isinstance(reply, dict):
-        context["job_identifier"] = reply.get("job_identifier")
-    return context
-
-
-def _peek_status(outcome: Outcome) -> dict[str, Any]:
-    return {"status": outcome.status if outcome.status != "REPLAYED" else _replayed_status(outcome), "final": True}
-
-
-def _replayed_status(outcome: Outcome) -> str:
-    try:
-        status = msgpack.unpackb(outcome.reply or b"", raw=False).get("status", "COMPLETE")
-    except (ValueError, AttributeError):
-        return "COMPLETE"
-    return str(status)
 
 
 __all__ = ["ConfigError", "Daemon"]

@@ -1,0 +1,34 @@
+"""The job lifecycle (runner), when to look at a job (follow), crash bookkeeping (suspects), the edge's
+up/down state (gate), and what goes back to the broker layer (outcome, replies)."""
+
+from worker.jobs.follow import (
+    FIRST_LOOK_SHARE_DOWN,
+    FIRST_LOOK_SHARE_START,
+    FIRST_LOOK_SHARE_UP,
+    DurationEstimator,
+    JobFollower,
+)
+from worker.jobs.gate import EdgeGate
+from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
+from worker.jobs.runner import JobRunner, JobSettings
+from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SUSPECT_GRACE_S, CrashBook, SuspectLine
+from worker.jobs.threads import JobThreads
+
+__all__ = [
+    "FIRST_LOOK_SHARE_DOWN",
+    "FIRST_LOOK_SHARE_START",
+    "FIRST_LOOK_SHARE_UP",
+    "SUSPECT_AFTER_CRASHES",
+    "SUSPECT_GRACE_S",
+    "Abandoned",
+    "CrashBook",
+    "DeadLetter",
+    "DurationEstimator",
+    "EdgeGate",
+    "JobFollower",
+    "JobRunner",
+    "JobSettings",
+    "JobThreads",
+    "Outcome",
+    "SuspectLine",
+]

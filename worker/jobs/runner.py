@@ -1,0 +1,343 @@
+"""The job lifecycle: one delivery in, one Outcome out (a final reply, a dead letter, or a hand-back).
+
+Runs on worker threads; knows the edge client and the journal, and nothing of pika: the broker layer hands
+it a body and properties and gets an Outcome back. Read top to bottom: decode, claim the idempotency key,
+count the delivery (and isolate suspects), submit, follow, reply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from worker.config import Config
+from worker.edge import EdgeClient, EdgeJob, EdgeResults
+from worker.errors import (
+    DeliveryLimit,
+    EdgeError,
+    InvalidRequest,
+    JobError,
+    JobNotFound,
+    JobTimeout,
+)
+from worker.jobs.follow import DurationEstimator, JobFollower
+from worker.jobs.gate import EdgeGate
+from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
+from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
+from worker.jobs.submit import Submitter
+from worker.jobs.suspects import CrashBook, SuspectLine
+from worker.journal import Journal
+from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
+from worker.metrics import Metrics
+
+log = structlog.get_logger("worker.jobs")
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    job_timeout_s: float
+    max_timeout_s: float
+    max_request_bytes: int
+    delivery_limit: int
+    count_deliveries_in_journal: bool  # classic queues: the broker does not count for us
+    max_resubmits: int
+    upload: str
+    embed_limit: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> JobSettings:
+        return cls(
+            job_timeout_s=cfg.edge.job_timeout,
+            # A job ends (its edge calls included) before the broker's consumer timeout would close the channel.
+            max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
+            max_request_bytes=cfg.worker.max_request_bytes,
+            delivery_limit=cfg.amqp.delivery_limit,
+            count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
+            max_resubmits=cfg.edge.max_resubmits,
+            upload=cfg.edge.upload,
+            embed_limit=cfg.edge.embed_limit,
+        )
+
+    def timeout_s(self, request: JobRequest) -> float:
+        """The request's own timeout, else the default, capped so that it ends before the consumer timeout."""
+        return min(request.timeout_s or self.job_timeout_s, self.max_timeout_s)
+
+
+class JobRunner:
+    """Turns deliveries into outcomes. Thread-safe: many deliveries run at once on worker threads."""
+
+    def __init__(
+        self,
+        *,
+        edge: EdgeClient,
+        gate: EdgeGate,
+        journal: Journal | None,
+        settings: JobSettings,
+        metrics: Metrics,
+        publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
+    ) -> None:
+        self._edge = edge
+        self._gate = gate
+        self._journal = journal
+        self._settings = settings
+        self._metrics = metrics
+        self._publish_update = publish_update
+        self.estimator = DurationEstimator()
+        self._submitter = Submitter(edge=edge, gate=gate, journal=journal, settings=settings)
+        self._follower = JobFollower(edge=edge, gate=gate, estimator=self.estimator, pause=self._pause)
+        self._stopping = threading.Event()
+        self.suspects = SuspectLine()
+        self._crashes = CrashBook(journal, line=self.suspects)
+        self._running: dict[str, threading.Event] = {}
+        self._running_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """The worker exits: jobs still running are abandoned (their requests were handed back)."""
+        self._stopping.set()
+        self.suspects.stop()
+
+    def _pause(self, seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            raise Abandoned
+
+    # -- entry point -------------------------------------------------------------------------------
+
+    def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
+        """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
+        started = time.monotonic()
+        self._metrics.job_started()
+        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        try:
+            outcome = self._handle(body, properties, route, bound)
+        except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
+            if isinstance(exc, Abandoned) or self._stopping.is_set():
+                bound.info("job_abandoned", reason="worker exiting; the request was handed back")
+                return Outcome(route=route, status="ABANDONED", requeue=True)
+            bound.exception("job_internal_error")
+            self._metrics.job_finished("REQUEUED", time.monotonic() - started)
+            return Outcome(route=route, status="REQUEUED", requeue=True)
+        self._metrics.job_finished(outcome.status, time.monotonic() - started)
+        return outcome
+
+    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
+        content_type = getattr(properties, "content_type", None)
+        try:
+            request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
+        except InvalidRequest as exc:
+            route = replace(route, request_id=exc.request_id)
+            bound.warning(
+                "request_rejected", request_id=route.request_id, code=exc.code, error=exc.message, size_bytes=len(body)
+            )
+            bound.info("job_finished", status="REJECTED", code=exc.code, duration_s=0.0, request_id=route.request_id)
+            dead = DeadLetter(body=body, code=exc.code, message=exc.message)
+            return self._final(route, rejected_reply(route, exc), key=None, dead_letter=dead)
+        route = replace(route, request_id=request.request_id)
+        bound = bound.bind(request_id=route.request_id, model=request.model_id, version=request.version)
+        if request.ignored_keys:
+            bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
+        key = route.idempotency_key
+        if key is None:
+            return self._handle_request(body, properties, route, request, key=None, bound=bound)
+        owned = self._claim(key, request, bound)
+        try:
+            return self._handle_request(body, properties, route, request, key=key, bound=bound)
+        finally:
+            if owned:
+                self._release(key)
+
+    # -- one run per idempotency key -----------------------------------------------------------------
+
+    def _claim(self, key: str, request: JobRequest, bound: Any) -> bool:
+        """Run one delivery of an idempotency key at a time in this process.
+
+        A redelivery (after a lost connection) of a request still running here waits for that run to end,
+        then finds its reply (or its edge job) in the journal: one edge job, whichever delivery answers.
+        The service attaches redeliveries by message_id before this; this catches the request_id-only ones.
+        """
+        limit_s = self._settings.timeout_s(request) + 60
+        deadline = time.monotonic() + limit_s
+        while True:
+            with self._running_lock:
+                running = self._running.get(key)
+                if running is None:
+                    self._running[key] = threading.Event()
+                    return True
+            bound.info("delivery_waits_for_running_job", reason="the same request is running in this process")
+            if not running.wait(max(0.0, deadline - time.monotonic())) or self._stopping.is_set():
+                if self._stopping.is_set():
+                    raise Abandoned
+                bound.warning("delivery_wait_gave_up", waited_s=limit_s)
+                return False
+
+    def _release(self, key: str) -> None:
+        with self._running_lock:
+            done = self._running.pop(key, None)
+        if done is not None:
+            done.set()
+
+    # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
+
+    def _handle_request(
+        self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
+    ) -> Outcome:
+        tracked = self._crashes.record_delivery(key, body)
+        entry = tracked.entry
+        if entry is not None and entry.reply is not None and key is not None:
+            bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
+            return Outcome(route=route, status="REPLAYED", reply=entry.reply)
+        deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
+        if deliveries > self._settings.delivery_limit:
+            limit = self._settings.delivery_limit
+            error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
+            self._crashes.give_up(tracked)
+            return self._error_outcome(route, request, None, error, bound, body=body)
+        resume_id = entry.job_id if entry is not None and key is not None else None
+        submits = entry.submits if entry is not None else 0
+        journal_key = key if entry is not None else None
+        if entry is not None and entry.submitting and key is not None:
+            bound.warning(
+                "edge_job_maybe_duplicated",
+                reason="a worker died while the edge was answering this request's submission: the edge may hold "
+                "a job whose id never reached the journal; submitting again",
+                previous_job_identifier=entry.job_id,
+            )
+        return self._crashes.run(
+            tracked,
+            deliveries=deliveries,
+            bound=bound,
+            work=lambda: self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound),
+        )
+
+    def _delivery_count(self, properties: Any, journal_count: int) -> int:
+        """This delivery's number, counting from 1: the quorum queue's header, or the journal's count."""
+        if self._settings.count_deliveries_in_journal:
+            return journal_count
+        headers = getattr(properties, "headers", None) or {}
+        returned = headers.get("x-delivery-count", 0) if isinstance(headers, Mapping) else 0
+        return (int(returned) if isinstance(returned, int) else 0) + 1
+
+    # -- the edge job ------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        request: JobRequest,
+        route: ReplyRoute,
+        *,
+        key: str | None,
+        resume_id: str | None,
+        submits: int,
+        bound: Any,
+    ) -> Outcome:
+        started = time.monotonic()
+        deadline = started + self._settings.timeout_s(request)
+        job: EdgeJob | None = None
+        results: EdgeResults | None = None
+        job_id = resume_id
+        accepted_at = sent_at = started
+        if job_id is not None:
+            bound = bound.bind(job_identifier=job_id)
+            bound.info("job_resumed", submits=submits)
+        try:
+            while True:
+                if job_id is None:
+                    if submits > self._settings.max_resubmits:
+                        raise JobNotFound(f"the edge lost the job {submits} times; resubmission used up")
+                    job = self._submitter.submit(request, deadline, key, bound)
+                    accepted_at = time.monotonic()
+                    # The request that started the job (the submission, or the close of a chunked upload).
+                    sent_at = self._edge.last_sent_at() or accepted_at
+                    job_id = job.job_identifier
+                    submits += 1
+                    bound = bound.bind(job_identifier=job_id)
+                    if key is not None and self._journal is not None:
+                        self._journal.record_job(key, job_id)
+                    bound.info(
+                        "job_submitted",
+                        input_type=request.input_type,
+                        sources=len(request.sources),
+                        size_bytes=request.size_bytes,
+                        submits=submits,
+                    )
+                    if request.want_updates and self._publish_update is not None:
+                        update = job_reply(job, None, request, route, final=False)
+                        self._publish_update(route, encode_reply(update), "SUBMITTED")
+                try:
+                    job, results = self._follower.follow(
+                        job_id,
+                        base=job,
+                        request=request,
+                        sent_at=sent_at,
+                        accepted_at=accepted_at,
+                        deadline=deadline,
+                        bound=bound,
+                    )
+                except JobNotFound as exc:
+                    bound.warning("job_lost_by_edge", error=exc.message, submits=submits)
+                    job_id = None
+                    continue
+                break
+        except JobTimeout as exc:
+            if job_id is not None:
+                self._cancel(job_id, bound)
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+        except JobError as exc:
+            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+
+        if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
+            results = self._follower.fetch_results(job_id, deadline, bound)
+        reply = final_reply(job, results, request, route)
+        bound.info(
+            "job_finished",
+            status=reply["status"],
+            duration_s=round(time.monotonic() - started, 4),
+            edge_elapsed_ms=job.elapsed_ms,
+            completed=job.completed,
+            failed=job.failed,
+        )
+        return self._final(route, reply, key=key)
+
+    def _cancel(self, job_id: str, bound: Any) -> None:
+        try:
+            self._edge.cancel_job(job_id)
+            bound.info("job_canceled_at_edge")
+        except EdgeError as exc:
+            bound.warning("job_cancel_failed", error=exc.message)
+
+    # -- the outcome -------------------------------------------------------------------------------
+
+    def _error_outcome(
+        self,
+        route: ReplyRoute,
+        request: JobRequest,
+        job: EdgeJob | None,
+        error: JobError,
+        bound: Any,
+        *,
+        started: float | None = None,
+        key: str | None = None,
+        body: bytes | None = None,
+        job_id: str | None = None,
+    ) -> Outcome:
+        reply = error_reply(route, request, job, error, job_id=job_id)
+        duration = 0.0 if started is None else time.monotonic() - started
+        bound.info(
+            "job_finished", status=reply["status"], code=error.code, error=error.message, duration_s=round(duration, 4)
+        )
+        dead = DeadLetter(body=body, code=error.code, message=error.message) if body is not None else None
+        return self._final(route, reply, key=key, dead_letter=dead)
+
+    def _final(
+        self, route: ReplyRoute, reply: dict[str, Any], *, key: str | None, dead_letter: DeadLetter | None = None
+    ) -> Outcome:
+        """The final reply, encoded and (for a request with an id) recorded in the journal before it is sent."""
+        encoded = encode_reply(reply)
+        journaled = False
+        if key is not None and self._journal is not None:
+            self._journal.record_reply(key, encoded)
+            journaled = True
+        return Outcome(route=route, status=reply["status"], reply=encoded, dead_letter=dead_letter, journaled=journaled)
