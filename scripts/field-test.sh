@@ -489,7 +489,7 @@ TOML
   wait_for "three jobs in flight" 30 metric_is "http://127.0.0.1:$metrics_port/metrics" edge_worker_jobs_in_progress 3
   status_three() { unit_prop StatusText | grep >/dev/null ': 3 in flight'; }
   status_ok=yes
-  if ! wait_for_soft 2 status_three; then status_ok=no; fi
+  if ! wait_for_soft 3 status_three; then status_ok=no; fi
   figure "systemd: STATUS= with 3 in flight: '$(unit_prop StatusText)'"
   metric_is "http://127.0.0.1:$metrics_port/metrics" edge_worker_jobs_in_progress 3 \
     || fail "the three jobs ended before the stop (the emulator's latency is too short for this check)"
