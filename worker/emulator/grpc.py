@@ -112,6 +112,8 @@ class GrpcFace:
             except DecodeError:
                 _abort(context, EdgeError(INTERNAL, f"grpc: error unmarshalling request: {request_type.__name__}"))
             state.count_call(call, _FACE)
+            carried = dict(context.invocation_metadata()).get("traceparent")
+            state.record_trace(_FACE, call, carried if isinstance(carried, str) else None)
             try:
                 return handler(request)
             except EdgeError as exc:
