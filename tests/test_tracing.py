@@ -4,7 +4,6 @@ The parsing rules against the W3C Trace Context text (pure), then the real worke
 broker and the emulator (both faces), which records the traceparent each edge call carried.
 """
 
-
 from __future__ import annotations
 
 import uuid
