@@ -145,6 +145,7 @@ def test_a_traceparent_continues_into_edge_calls_replies_and_logs(
     span_ids = [span.span_id for span in spans]
     assert len(set(span_ids)) == len(span_ids)  # a new span for each call
     assert not set(span_ids) & (job_spans | {PARENT_ID})
+    assert {entry["tracestate"] for entry in calls} == {TRACESTATE}  # passed on unchanged
 
     lines = job_lines(worker, message_id)
     assert all(line.get("trace_id") == TRACE_ID for line in lines), [line["event"] for line in lines]
@@ -171,7 +172,7 @@ def test_without_a_valid_traceparent_nothing_is_invented(
     for props, _ in replies:
         assert "traceparent" not in (props.headers or {}) and "tracestate" not in (props.headers or {})
     calls = job_calls(emulator)
-    assert calls and all(entry["traceparent"] is None for entry in calls)
+    assert calls and all(entry["traceparent"] is None and entry["tracestate"] is None for entry in calls)
     assert all("trace_id" not in line for line in job_lines(worker, message_id))
 
 
@@ -185,8 +186,13 @@ def test_the_emulator_records_what_each_call_carried_on_both_faces(edge: tuple[E
         emulator.reset_stats()
         job = client.submit_job(model_id="sha256", version="1.0.0", sources={"s": {"i": b"x"}},
                                 input_type="embedded", explain=False, traceparent=TRACEPARENT)  # fmt: skip
-        client.get_job(job.job_identifier)
+        client.get_job(job.job_identifier, traceparent=TRACEPARENT, tracestate=TRACESTATE)
+        client.get_job(job.job_identifier, tracestate=TRACESTATE)  # a tracestate alone means nothing: not sent
     finally:
         client.close()
     calls = job_calls(emulator)
-    assert [entry["traceparent"] for entry in calls] == [TRACEPARENT, None]
+    assert [(entry["traceparent"], entry["tracestate"]) for entry in calls] == [
+        (TRACEPARENT, None),
+        (TRACEPARENT, TRACESTATE),
+        (None, None),
+    ]

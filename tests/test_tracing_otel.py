@@ -169,6 +169,7 @@ def test_a_job_is_a_consumer_span_with_a_client_span_per_edge_call(rig: Rig) -> 
 
     # What the edge received is each client span's own traceparent, in order.
     assert rig.carried() == [f"00-{TRACE_ID}-{hex_ids(span)[1]}-01" for span in clients]
+    assert {entry["tracestate"] for entry in rig.emulator.stats()["traces"]} == {"rojo=00f067aa0ba902b7"}
     # The replies carry the consumer span's, with the producer's tracestate.
     headers = reply_properties_fields({"status": "COMPLETE", "final": True}, outcome.route)["headers"]
     assert headers["traceparent"] == f"00-{TRACE_ID}-{job_span}-01"

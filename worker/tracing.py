@@ -367,8 +367,9 @@ def _text(value: Any) -> str | None:
 class TracedEdgeClient:
     """An EdgeClient whose calls carry the current job's trace (and make its CLIENT spans); else unchanged.
 
-    A call given its own `traceparent` keeps it. A chunked submission is one call (and one span) for its
-    whole upload, named after the request that opens the job.
+    Each call carries a child traceparent and the job's tracestate; a call given its own `traceparent` keeps
+    it. A chunked submission is one call (and one span) for its whole upload, named after the request that
+    opens the job.
     """
 
     def __init__(self, inner: EdgeClient) -> None:
@@ -388,14 +389,17 @@ class TracedEdgeClient:
         self.inner.close()
 
     @contextlib.contextmanager
-    def _call(self, call: str, job_id: str | None, traceparent: str | None) -> Iterator[str | None]:
+    def _call(
+        self, call: str, job_id: str | None, traceparent: str | None, tracestate: str | None
+    ) -> Iterator[tuple[str | None, str | None]]:
+        """The (traceparent, tracestate) the call carries: the caller's own, else the running job's child."""
         job = _current.get()
         if traceparent is not None or job is None or job.context is None:
-            yield traceparent
+            yield traceparent, tracestate
             return
         name, attributes = self._describe(call, job_id)
         with job.edge_call(name, attributes) as child:
-            yield child
+            yield child, job.context.tracestate
 
     def submit_job(
         self,
@@ -407,8 +411,9 @@ class TracedEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
-        with self._call("submit", None, traceparent) as carried:
+        with self._call("submit", None, traceparent, tracestate) as (carried, state):
             return self.inner.submit_job(
                 model_id=model_id,
                 version=version,
@@ -417,6 +422,7 @@ class TracedEdgeClient:
                 explain=explain,
                 deadline=deadline,
                 traceparent=carried,
+                tracestate=state,
             )
 
     def submit_chunked(
@@ -428,8 +434,9 @@ class TracedEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
-        with self._call("submit", None, traceparent) as carried:
+        with self._call("submit", None, traceparent, tracestate) as (carried, state):
             return self.inner.submit_chunked(
                 model_id=model_id,
                 version=version,
@@ -437,25 +444,42 @@ class TracedEdgeClient:
                 explain=explain,
                 deadline=deadline,
                 traceparent=carried,
+                tracestate=state,
             )
 
-    def get_job(self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None) -> EdgeJob:
-        with self._call("status", job_id, traceparent) as carried:
-            return self.inner.get_job(job_id, deadline=deadline, traceparent=carried)
+    def get_job(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> EdgeJob:
+        with self._call("status", job_id, traceparent, tracestate) as (carried, state):
+            return self.inner.get_job(job_id, deadline=deadline, traceparent=carried, tracestate=state)
 
     def get_results(
-        self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeResults | None:
-        with self._call("results", job_id, traceparent) as carried:
-            return self.inner.get_results(job_id, deadline=deadline, traceparent=carried)
+        with self._call("results", job_id, traceparent, tracestate) as (carried, state):
+            return self.inner.get_results(job_id, deadline=deadline, traceparent=carried, tracestate=state)
 
-    def cancel_job(self, job_id: str, *, traceparent: str | None = None) -> EdgeJob | None:
-        with self._call("cancel", job_id, traceparent) as carried:
-            return self.inner.cancel_job(job_id, traceparent=carried)
+    def cancel_job(
+        self, job_id: str, *, traceparent: str | None = None, tracestate: str | None = None
+    ) -> EdgeJob | None:
+        with self._call("cancel", job_id, traceparent, tracestate) as (carried, state):
+            return self.inner.cancel_job(job_id, traceparent=carried, tracestate=state)
 
-    def list_jobs(self, *, deadline: float | None = None, traceparent: str | None = None) -> list[JobSummary]:
-        with self._call("list", None, traceparent) as carried:
-            return self.inner.list_jobs(deadline=deadline, traceparent=carried)
+    def list_jobs(
+        self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
+    ) -> list[JobSummary]:
+        with self._call("list", None, traceparent, tracestate) as (carried, state):
+            return self.inner.list_jobs(deadline=deadline, traceparent=carried, tracestate=state)
 
 
 def traced_edge(edge: EdgeClient) -> EdgeClient:

@@ -159,10 +159,10 @@ class EdgeState:
             self._calls[name] += 1
             self._calls_by_face[face] += 1
 
-    def record_trace(self, face: str, call: str, traceparent: str | None) -> None:
-        """The traceparent an API call carried (None without one), kept for stats() (the latest 1000)."""
+    def record_trace(self, face: str, call: str, traceparent: str | None, tracestate: str | None) -> None:
+        """The W3C trace context an API call carried (None without), kept for stats() (the latest 1000)."""
         with self._lock:
-            self._traces.append({"face": face, "call": call, "traceparent": traceparent})
+            self._traces.append({"face": face, "call": call, "traceparent": traceparent, "tracestate": tracestate})
             del self._traces[:-1000]
 
     def count_too_large(self) -> None:
