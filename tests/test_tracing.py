@@ -6,6 +6,8 @@ broker and the emulator (both faces), which records the traceparent each edge ca
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -196,3 +198,25 @@ def test_the_emulator_records_what_each_call_carried_on_both_faces(edge: tuple[E
         (TRACEPARENT, TRACESTATE),
         (None, None),
     ]
+
+
+def test_without_opentelemetry_installed_the_w3c_values_still_flow() -> None:
+    """A process where `import opentelemetry` fails (the otel extra absent): no spans, the trace still travels."""
+    script = f"""
+import sys
+from types import SimpleNamespace
+sys.modules["opentelemetry"] = None  # its import now fails, as if the extra were not installed
+from worker import tracing
+props = SimpleNamespace(headers={{"traceparent": "{TRACEPARENT}"}}, message_id="m", correlation_id=None)
+with tracing.job_trace(props, queue="q", body_size=1) as job:
+    assert job.context is not None
+    with job.edge_call("edge submit", {{}}) as carried:
+        print(job.context.traceparent, carried, tracing._tracer())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    job_span, carried, tracer = done.stdout.split()
+    job, call = parse_traceparent(job_span), parse_traceparent(carried)
+    assert (job.trace_id, call.trace_id) == (TRACE_ID, TRACE_ID)
+    assert len({PARENT_ID, job.span_id, call.span_id}) == 3
+    assert tracer == "None"

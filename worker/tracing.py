@@ -181,12 +181,25 @@ def use_tracer_provider(provider: Any) -> None:
     _override_provider = provider
 
 
+_otel_api: Any = None  # the opentelemetry.trace module once imported; False when it is not installed
+
+
 def _tracer() -> Any:
-    """The OpenTelemetry tracer, or None when the API is not installed or no provider is configured."""
-    try:
-        from opentelemetry import trace  # noqa: PLC0415 -- the optional extra, imported only when present
-    except ImportError:
+    """The OpenTelemetry tracer, or None when the API is not installed or no provider is configured.
+
+    Asked per job (cheap: the provider may be set after the worker starts); the import is tried once.
+    """
+    global _otel_api  # noqa: PLW0603 -- a cache of one import attempt
+    if _otel_api is None:
+        try:
+            from opentelemetry import trace  # noqa: PLC0415 -- the optional extra, imported only when present
+        except ImportError:
+            _otel_api = False
+        else:
+            _otel_api = trace
+    if _otel_api is False:
         return None
+    trace = _otel_api
     provider = _override_provider or trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None  # the API's defaults: nobody configured an SDK, so spans would go nowhere
