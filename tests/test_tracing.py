@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.conftest import Producer, ReplyCollector, WorkerProcess, wait_until
 from worker.emulator import EdgeEmulator, EmulatorConfig
@@ -70,6 +71,15 @@ def test_headers_may_be_bytes_and_tracestate_follows_a_valid_traceparent_only() 
     assert context_from_headers({"traceparent": 7}) is None
     assert context_from_headers({"tracestate": TRACESTATE}) is None
     assert context_from_headers(None) is None
+
+
+def test_an_invalid_traceparent_is_logged_once_at_debug_naming_the_message() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert context_from_headers({"traceparent": TRACEPARENT.upper()}, message_id="m-1") is None
+    assert [(entry["event"], entry["log_level"], entry["message_id"]) for entry in logs] == [
+        ("traceparent_ignored", "debug", "m-1")
+    ]
+    assert "lowercase hex" in logs[0]["error"]
 
 
 def test_tracestate_is_capped_as_w3c_says() -> None:

@@ -120,7 +120,7 @@ def cap_tracestate(value: str) -> str | None:
     return ",".join(members) or None
 
 
-def context_from_headers(headers: Any) -> TraceContext | None:
+def context_from_headers(headers: Any, *, message_id: str | None = None) -> TraceContext | None:
     """The request's trace context from its AMQP headers (str or bytes values); None when absent or invalid.
 
     An invalid traceparent is ignored (and its tracestate with it, as W3C says) with one debug line.
@@ -135,7 +135,7 @@ def context_from_headers(headers: Any) -> TraceContext | None:
             raise ValueError(f"traceparent is a {type(raw).__name__}, not a string")
         context = parse_traceparent(raw)
     except ValueError as exc:
-        log.debug("traceparent_ignored", error=str(exc), value=repr(raw)[:80])
+        log.debug("traceparent_ignored", message_id=message_id, error=str(exc), value=repr(raw)[:80])
         return None
     state = _header(headers, TRACESTATE)
     if isinstance(state, str):
@@ -324,7 +324,8 @@ def current_job() -> JobTrace | None:
 @contextlib.contextmanager
 def job_trace(properties: Any, *, queue: str, body_size: int) -> Iterator[JobTrace]:
     """The trace of one delivery, current on this thread until the block ends (the job's whole run)."""
-    incoming = context_from_headers(getattr(properties, "headers", None))
+    message_id = _text(getattr(properties, "message_id", None))
+    incoming = context_from_headers(getattr(properties, "headers", None), message_id=message_id)
     tracer = _tracer()
     if tracer is None:
         job = JobTrace(incoming.child() if incoming is not None else None)
@@ -346,7 +347,6 @@ def job_trace(properties: Any, *, queue: str, body_size: int) -> Iterator[JobTra
         "messaging.rabbitmq.destination.routing_key": queue,
         "messaging.message.body.size": body_size,
     }
-    message_id = _text(getattr(properties, "message_id", None))
     if message_id:
         attributes["messaging.message.id"] = message_id
     correlation_id = _text(getattr(properties, "correlation_id", None))
