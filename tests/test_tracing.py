@@ -6,10 +6,13 @@ broker and the emulator (both faces), which records the traceparent each edge ca
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ import structlog
 
 from tests.conftest import Producer, ReplyCollector, WorkerProcess, wait_until
 from worker.emulator import EdgeEmulator, EmulatorConfig
-from worker.tracing import TraceContext, cap_tracestate, context_from_headers, parse_traceparent
+from worker.logs import configure_logging
+from worker.tracing import TraceContext, cap_tracestate, context_from_headers, job_trace, parse_traceparent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -230,3 +234,22 @@ with tracing.job_trace(props, queue="q", body_size=1) as job:
     assert (job.trace_id, call.trace_id) == (TRACE_ID, TRACE_ID)
     assert len({PARENT_ID, job.span_id, call.span_id}) == 3
     assert tracer == "None"
+
+
+def test_every_line_logged_on_the_jobs_thread_carries_its_trace() -> None:
+    """Lines from modules that know nothing of the job (the edge client's retries) carry trace_id too."""
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    other = structlog.get_logger("worker.edge")
+    props = SimpleNamespace(headers={"traceparent": TRACEPARENT}, message_id="m", correlation_id=None)
+    with job_trace(props, queue="q", body_size=1) as job:
+        other.debug("edge_call_retry", call="status")
+    other.info("after_the_job")
+    assert job.context is not None
+    inside, after = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (inside["event"], inside["trace_id"], inside["span_id"]) == (
+        "edge_call_retry",
+        TRACE_ID,
+        job.context.span_id,
+    )
+    assert after["event"] == "after_the_job" and "trace_id" not in after

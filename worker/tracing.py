@@ -323,18 +323,38 @@ def current_job() -> JobTrace | None:
 
 @contextlib.contextmanager
 def job_trace(properties: Any, *, queue: str, body_size: int) -> Iterator[JobTrace]:
-    """The trace of one delivery, current on this thread until the block ends (the job's whole run)."""
+    """The trace of one delivery, current on this thread until the block ends (the job's whole run).
+
+    While it runs, every log line of this thread carries the job's trace_id and span_id (structlog's context
+    variables), the edge client's own lines included.
+    """
     message_id = _text(getattr(properties, "message_id", None))
     incoming = context_from_headers(getattr(properties, "headers", None), message_id=message_id)
     tracer = _tracer()
+    span = None
     if tracer is None:
         job = JobTrace(incoming.child() if incoming is not None else None)
-        token = _current.set(job)
-        try:
+    else:
+        span = _start_consumer_span(tracer, properties, incoming, queue=queue, body_size=body_size)
+        job = JobTrace(_context_of(span, incoming.tracestate if incoming else None), span=span, tracer=tracer)
+    token = _current.set(job)
+    try:
+        with structlog.contextvars.bound_contextvars(**job.log_fields), _use_span(span):
             yield job
-        finally:
-            _current.reset(token)
-        return
+    except BaseException as exc:
+        if span is not None:
+            _set_error(span, exc)
+        raise
+    finally:
+        _current.reset(token)
+        if span is not None:
+            span.end()
+
+
+def _start_consumer_span(
+    tracer: Any, properties: Any, incoming: TraceContext | None, *, queue: str, body_size: int
+) -> Any:
+    """The CONSUMER span `process <queue>` of the messaging conventions (RabbitMQ), parented on the request."""
     from opentelemetry import trace  # noqa: PLC0415
 
     attributes: dict[str, Any] = {
@@ -347,25 +367,27 @@ def job_trace(properties: Any, *, queue: str, body_size: int) -> Iterator[JobTra
         "messaging.rabbitmq.destination.routing_key": queue,
         "messaging.message.body.size": body_size,
     }
+    message_id = _text(getattr(properties, "message_id", None))
     if message_id:
         attributes["messaging.message.id"] = message_id
     correlation_id = _text(getattr(properties, "correlation_id", None))
     if correlation_id:
         attributes["messaging.message.conversation_id"] = correlation_id
-    span = tracer.start_span(
+    return tracer.start_span(
         f"process {queue}", context=_otel_parent(incoming), kind=trace.SpanKind.CONSUMER, attributes=attributes
     )
-    job = JobTrace(_context_of(span, incoming.tracestate if incoming else None), span=span, tracer=tracer)
-    token = _current.set(job)
-    try:
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-            yield job
-    except BaseException as exc:
-        _set_error(span, exc)
-        raise
-    finally:
-        _current.reset(token)
-        span.end()
+
+
+def _use_span(span: Any) -> contextlib.AbstractContextManager[Any]:
+    """The span as OpenTelemetry's current one (for instrumentation nested in the job), ended by the caller."""
+    if span is None:
+        return contextlib.nullcontext()
+    from opentelemetry import trace  # noqa: PLC0415
+
+    manager: contextlib.AbstractContextManager[Any] = trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
+    return manager
 
 
 def _text(value: Any) -> str | None:
