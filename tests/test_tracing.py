@@ -225,7 +225,7 @@ props = SimpleNamespace(headers={{"traceparent": "{TRACEPARENT}"}}, message_id="
 with tracing.job_trace(props, queue="q", body_size=1) as job:
     assert job.context is not None
     with job.edge_call("edge submit", {{}}) as carried:
-        print(job.context.traceparent, carried, tracing._tracer())
+        print(job.context.traceparent, carried.traceparent, tracing._tracer())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr

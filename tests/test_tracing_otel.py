@@ -221,3 +221,40 @@ def test_without_a_configured_provider_no_span_is_made_and_the_trace_still_trave
         assert len(span_ids) == len(carried) and not span_ids & {job.span_id, PARENT_ID}
         _, outcome = rig.deliver({"identifier": "sha256", "version": "1.0.0"}, headers=None)
         assert outcome.route.traceparent is None
+
+
+def test_grpc_client_spans_say_the_status_the_edge_answered(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """OK for an answer; NOT_FOUND for a job the edge does not know (an error only where the call raises)."""
+    from types import SimpleNamespace
+
+    from worker.errors import JobNotFound
+
+    exporter = provider[1]
+    with EdgeEmulator(EmulatorConfig(port=0, grpc_port=0, latency_s=5.0, capacity=4)) as emulator:
+        edge = tracing.traced_edge(make_client(emulator, "grpc"))
+        props = SimpleNamespace(headers={"traceparent": TRACEPARENT}, message_id="m", correlation_id=None)
+        try:
+            with tracing.job_trace(props, queue=QUEUE, body_size=1):
+                job = edge.submit_job(model_id="sha256", version="1.0.0", sources={"s": {"i": b"x"}},
+                                      input_type="embedded", explain=False)  # fmt: skip
+                running = edge.get_results(job.job_identifier)
+                assert running is not None and not running.finished  # still running: an answer
+                assert edge.get_results("no-such-job") is None  # not found, which is no error to the lifecycle
+                with pytest.raises(JobNotFound):
+                    edge.get_job("no-such-job")
+                assert edge.cancel_job("no-such-job") is None
+                edge.cancel_job(job.job_identifier)
+        finally:
+            edge.close()
+    _, clients = spans_by_kind(exporter)
+    seen = [(span.name, dict(span.attributes or {})["rpc.status_code"], span.status.status_code) for span in clients]
+    assert seen == [
+        ("jobs.v1.JobService/SubmitJob", "OK", StatusCode.UNSET),
+        ("results.v1.ResultsService/GetResults", "OK", StatusCode.UNSET),
+        ("results.v1.ResultsService/GetResults", "NOT_FOUND", StatusCode.UNSET),
+        ("jobs.v1.JobService/GetJob", "NOT_FOUND", StatusCode.ERROR),
+        ("jobs.v1.JobService/CancelJob", "NOT_FOUND", StatusCode.UNSET),
+        ("jobs.v1.JobService/CancelJob", "OK", StatusCode.UNSET),
+    ]

@@ -28,7 +28,7 @@ import structlog
 
 from worker.edge import EdgeClient, EdgeJob, EdgeResults, Features
 from worker.edge.model import JobSummary
-from worker.errors import EdgeError, JobNotFound, ModelNotFound
+from worker.errors import JobNotFound, ModelNotFound
 from worker.messages import ReplyRoute
 
 log = structlog.get_logger("worker.tracing")
@@ -280,37 +280,45 @@ class JobTrace:
             _set_error(self._span, code or status)
 
     @contextlib.contextmanager
-    def edge_call(self, name: str, attributes: Mapping[str, Any]) -> Iterator[str | None]:
-        """One edge call: yields the traceparent it carries (a CLIENT span's with OpenTelemetry, else a child)."""
+    def edge_call(self, name: str, attributes: Mapping[str, Any]) -> Iterator[EdgeCall]:
+        """One edge call: what it carries (a CLIENT span's traceparent with OpenTelemetry, else a child's)."""
         if self.context is None:
-            yield None
+            yield EdgeCall(None)
             return
         if self._span is None or self._tracer is None:
-            yield self.context.child().traceparent
+            yield EdgeCall(self.context.child().traceparent)
             return
         from opentelemetry import trace  # noqa: PLC0415
 
-        parent = trace.set_span_in_context(self._span)
+        grpc = "rpc.method" in attributes
         with self._tracer.start_as_current_span(
             name,
-            context=parent,
+            context=trace.set_span_in_context(self._span),
             kind=trace.SpanKind.CLIENT,
             attributes=dict(attributes),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            call = EdgeCall(_context_of(span, self.context.tracestate).traceparent)
             try:
-                yield _context_of(span, self.context.tracestate).traceparent
-            except BaseException as exc:
-                if isinstance(exc, EdgeError):
-                    _set_error(span, exc)
-                    if isinstance(exc, JobNotFound | ModelNotFound) and "rpc.method" in attributes:
-                        span.set_attribute("rpc.status_code", "NOT_FOUND")
-                elif isinstance(exc, Exception):
-                    _set_error(span, exc)
+                yield call
+            except Exception as exc:
+                _set_error(span, exc)
+                if grpc and isinstance(exc, JobNotFound | ModelNotFound):
+                    span.set_attribute("rpc.status_code", "NOT_FOUND")
                 raise
-            if "rpc.method" in attributes:
-                span.set_attribute("rpc.status_code", "OK")
+            if grpc:
+                span.set_attribute("rpc.status_code", call.status_code)
+
+
+class EdgeCall:
+    """One edge call of a job: the traceparent it carries, and (gRPC) the status the edge answered."""
+
+    __slots__ = ("status_code", "traceparent")
+
+    def __init__(self, traceparent: str | None) -> None:
+        self.traceparent = traceparent
+        self.status_code = "OK"  # NOT_FOUND when a look found no results yet, or a cancel no job
 
 
 _current: contextvars.ContextVar[JobTrace | None] = contextvars.ContextVar("edge_worker_job_trace", default=None)
@@ -426,15 +434,16 @@ class TracedEdgeClient:
     @contextlib.contextmanager
     def _call(
         self, call: str, job_id: str | None, traceparent: str | None, tracestate: str | None
-    ) -> Iterator[tuple[str | None, str | None]]:
-        """The (traceparent, tracestate) the call carries: the caller's own, else the running job's child."""
+    ) -> Iterator[tuple[str | None, str | None, EdgeCall | None]]:
+        """What the call carries (the caller's own traceparent, else a child of the running job's), and the
+        job's record of the call when there is one."""
         job = _current.get()
         if traceparent is not None or job is None or job.context is None:
-            yield traceparent, tracestate
+            yield traceparent, tracestate, None
             return
         name, attributes = self._describe(call, job_id)
-        with job.edge_call(name, attributes) as child:
-            yield child, job.context.tracestate
+        with job.edge_call(name, attributes) as edge_call:
+            yield edge_call.traceparent, job.context.tracestate, edge_call
 
     def submit_job(
         self,
@@ -448,7 +457,7 @@ class TracedEdgeClient:
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> EdgeJob:
-        with self._call("submit", None, traceparent, tracestate) as (carried, state):
+        with self._call("submit", None, traceparent, tracestate) as (carried, state, _):
             return self.inner.submit_job(
                 model_id=model_id,
                 version=version,
@@ -471,7 +480,7 @@ class TracedEdgeClient:
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> EdgeJob:
-        with self._call("submit", None, traceparent, tracestate) as (carried, state):
+        with self._call("submit", None, traceparent, tracestate) as (carried, state, _):
             return self.inner.submit_chunked(
                 model_id=model_id,
                 version=version,
@@ -490,7 +499,7 @@ class TracedEdgeClient:
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> EdgeJob:
-        with self._call("status", job_id, traceparent, tracestate) as (carried, state):
+        with self._call("status", job_id, traceparent, tracestate) as (carried, state, _):
             return self.inner.get_job(job_id, deadline=deadline, traceparent=carried, tracestate=state)
 
     def get_results(
@@ -501,19 +510,25 @@ class TracedEdgeClient:
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> EdgeResults | None:
-        with self._call("results", job_id, traceparent, tracestate) as (carried, state):
-            return self.inner.get_results(job_id, deadline=deadline, traceparent=carried, tracestate=state)
+        with self._call("results", job_id, traceparent, tracestate) as (carried, state, edge_call):
+            results = self.inner.get_results(job_id, deadline=deadline, traceparent=carried, tracestate=state)
+            if results is None and edge_call is not None:
+                edge_call.status_code = "NOT_FOUND"  # not ready yet: the edge said so without an error
+            return results
 
     def cancel_job(
         self, job_id: str, *, traceparent: str | None = None, tracestate: str | None = None
     ) -> EdgeJob | None:
-        with self._call("cancel", job_id, traceparent, tracestate) as (carried, state):
-            return self.inner.cancel_job(job_id, traceparent=carried, tracestate=state)
+        with self._call("cancel", job_id, traceparent, tracestate) as (carried, state, edge_call):
+            canceled = self.inner.cancel_job(job_id, traceparent=carried, tracestate=state)
+            if canceled is None and edge_call is not None:
+                edge_call.status_code = "NOT_FOUND"  # the edge no longer knows the job
+            return canceled
 
     def list_jobs(
         self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
     ) -> list[JobSummary]:
-        with self._call("list", None, traceparent, tracestate) as (carried, state):
+        with self._call("list", None, traceparent, tracestate) as (carried, state, _):
             return self.inner.list_jobs(deadline=deadline, traceparent=carried, tracestate=state)
 
 
