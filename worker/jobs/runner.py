@@ -35,6 +35,7 @@ from worker.jobs.threads import EdgeSlots, SlotHold
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
+from worker.tracing import job_trace, traced_edge
 
 log = structlog.get_logger("worker.jobs")
 
@@ -49,6 +50,7 @@ class JobSettings:
     max_resubmits: int
     upload: str
     embed_limit: int
+    queue: str = "edge.jobs"  # the request queue: the name of the job's trace span
 
     @classmethod
     def from_config(cls, cfg: Config) -> JobSettings:
@@ -62,6 +64,7 @@ class JobSettings:
             max_resubmits=cfg.edge.max_resubmits,
             upload=cfg.edge.upload,
             embed_limit=cfg.edge.embed_limit,
+            queue=cfg.amqp.queue,
         )
 
     def timeout_s(self, request: JobRequest) -> float:
@@ -83,6 +86,7 @@ class JobRunner:
         publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
         slots: EdgeSlots | None = None,
     ) -> None:
+        edge = traced_edge(edge)  # each edge call carries the running job's trace (worker.tracing)
         self._edge = edge
         self._slots = slots
         self._gate = gate
@@ -111,14 +115,23 @@ class JobRunner:
     # -- entry point -------------------------------------------------------------------------------
 
     def handle(self, body: bytes, properties: Any, route: ReplyRoute, *, received_at: float | None = None) -> Outcome:
-        """Process one delivery to its outcome. Never raises: a bug hands the delivery back.
+        """Process one delivery to its outcome, in the request's trace (worker.tracing). Never raises.
 
-        `received_at` (time.monotonic()) is when the delivery arrived: a delivery held for a free thread
+        `received_at` (time.monotonic()) is when the delivery arrived: a delivery held for an edge slot
         (worker.lookahead) spends its wait out of its own timeout, whose clock starts there.
         """
+        with job_trace(properties, queue=self._settings.queue, body_size=len(body)) as trace:
+            outcome = self._handle_delivery(body, properties, trace.reply_route(route), trace.log_fields, received_at)
+            trace.finish(outcome.status, code=outcome.dead_letter.code if outcome.dead_letter else None)
+            return outcome
+
+    def _handle_delivery(
+        self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str], received_at: float | None
+    ) -> Outcome:
+        """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
         started = time.monotonic()
         self._metrics.job_started()
-        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id, **trace)
         try:
             outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
