@@ -196,10 +196,11 @@ class RetryingEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """Submit a text or embedded job in one call; raises ModelNotFound, EdgeRejected or EdgeUnavailable."""
         submission = Submission(model_id, version, explain, input_type=input_type, sources=sources)
-        return self._submit(submission, deadline, _meta(traceparent))
+        return self._submit(submission, deadline, _meta(traceparent, tracestate))
 
     def _submit(self, submission: Submission, deadline: float | None, meta: Mapping[str, str]) -> EdgeJob:
         self._local.maybe_duplicated = False
@@ -219,9 +220,10 @@ class RetryingEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """Open a job, append every input in chunks no larger than the edge allows, then close it."""
-        meta = _meta(traceparent)
+        meta = _meta(traceparent, tracestate)
         chunk_bytes = self.features().chunk_bytes
         opened = self._submit(Submission(model_id=model_id, version=version, explain=explain), deadline, meta)
         job_id = opened.job_identifier
@@ -251,42 +253,60 @@ class RetryingEdgeClient:
         except EdgeError:
             log.warning("edge_open_job_abandoned", job_identifier=job_id)
 
-    def get_job(self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None) -> EdgeJob:
+    def get_job(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> EdgeJob:
         """The job's status; raises JobNotFound when the edge does not know it."""
         try:
-            return self._do_get_job(job_id, deadline, _meta(traceparent))
+            return self._do_get_job(job_id, deadline, _meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 raise JobNotFound(f"edge does not know job {job_id}: {exc.edge_message}") from None
             raise
 
     def get_results(
-        self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeResults | None:
         """The job's Results, or None while the edge says they are not ready (not found)."""
         try:
-            return self._do_get_results(job_id, deadline, _meta(traceparent))
+            return self._do_get_results(job_id, deadline, _meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 return None
             raise
 
-    def cancel_job(self, job_id: str, *, traceparent: str | None = None) -> EdgeJob | None:
+    def cancel_job(
+        self, job_id: str, *, traceparent: str | None = None, tracestate: str | None = None
+    ) -> EdgeJob | None:
         """Cancel a job; None when the edge no longer knows it."""
         try:
-            return self._do_cancel(job_id, retried=True, meta=_meta(traceparent))
+            return self._do_cancel(job_id, retried=True, meta=_meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 return None
             raise
 
-    def list_jobs(self, *, deadline: float | None = None, traceparent: str | None = None) -> list[JobSummary]:
+    def list_jobs(
+        self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
+    ) -> list[JobSummary]:
         """Every job the edge lists (GetJobs, GET /api/jobs): how a job whose receipt was lost is found."""
-        return self._do_list_jobs(deadline, _meta(traceparent))
+        return self._do_list_jobs(deadline, _meta(traceparent, tracestate))
 
     def close(self) -> None:
         """Release the transport's connections (a no-op where they close themselves)."""
 
 
-def _meta(traceparent: str | None) -> dict[str, str]:
-    return {"traceparent": traceparent} if traceparent else {}
+def _meta(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    if not traceparent:
+        return {}
+    return {"traceparent": traceparent, "tracestate": tracestate} if tracestate else {"traceparent": traceparent}

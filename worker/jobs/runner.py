@@ -31,9 +31,11 @@ from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
 from worker.jobs.submit import Submitter
 from worker.jobs.suspects import CrashBook, SuspectLine
+from worker.jobs.threads import EdgeSlots, SlotHold
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
+from worker.tracing import job_trace, traced_edge
 
 log = structlog.get_logger("worker.jobs")
 
@@ -48,6 +50,7 @@ class JobSettings:
     max_resubmits: int
     upload: str
     embed_limit: int
+    queue: str = "edge.jobs"  # the request queue: the name of the job's trace span
 
     @classmethod
     def from_config(cls, cfg: Config) -> JobSettings:
@@ -61,6 +64,7 @@ class JobSettings:
             max_resubmits=cfg.edge.max_resubmits,
             upload=cfg.edge.upload,
             embed_limit=cfg.edge.embed_limit,
+            queue=cfg.amqp.queue,
         )
 
     def timeout_s(self, request: JobRequest) -> float:
@@ -80,8 +84,11 @@ class JobRunner:
         settings: JobSettings,
         metrics: Metrics,
         publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
+        slots: EdgeSlots | None = None,
     ) -> None:
+        edge = traced_edge(edge)  # each edge call carries the running job's trace (worker.tracing)
         self._edge = edge
+        self._slots = slots
         self._gate = gate
         self._journal = journal
         self._settings = settings
@@ -107,13 +114,26 @@ class JobRunner:
 
     # -- entry point -------------------------------------------------------------------------------
 
-    def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
+    def handle(self, body: bytes, properties: Any, route: ReplyRoute, *, received_at: float | None = None) -> Outcome:
+        """Process one delivery to its outcome, in the request's trace (worker.tracing). Never raises.
+
+        `received_at` (time.monotonic()) is when the delivery arrived: a delivery held for an edge slot
+        (worker.lookahead) spends its wait out of its own timeout, whose clock starts there.
+        """
+        with job_trace(properties, queue=self._settings.queue, body_size=len(body)) as trace:
+            outcome = self._handle_delivery(body, properties, trace.reply_route(route), trace.log_fields, received_at)
+            trace.finish(outcome.status, code=outcome.dead_letter.code if outcome.dead_letter else None)
+            return outcome
+
+    def _handle_delivery(
+        self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str], received_at: float | None
+    ) -> Outcome:
         """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
         started = time.monotonic()
         self._metrics.job_started()
-        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id, **trace)
         try:
-            outcome = self._handle(body, properties, route, bound)
+            outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
             if isinstance(exc, Abandoned) or self._stopping.is_set():
                 bound.info("job_abandoned", reason="worker exiting; the request was handed back")
@@ -124,7 +144,7 @@ class JobRunner:
         self._metrics.job_finished(outcome.status, time.monotonic() - started)
         return outcome
 
-    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
+    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any, received_at: float) -> Outcome:
         content_type = getattr(properties, "content_type", None)
         try:
             request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
@@ -142,10 +162,10 @@ class JobRunner:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
         if key is None:
-            return self._handle_request(body, properties, route, request, key=None, bound=bound)
+            return self._in_slot(body, properties, route, request, key=None, bound=bound, received_at=received_at)
         owned = self._claim(key, request, bound)
         try:
-            return self._handle_request(body, properties, route, request, key=key, bound=bound)
+            return self._in_slot(body, properties, route, request, key=key, bound=bound, received_at=received_at)
         finally:
             if owned:
                 self._release(key)
@@ -180,10 +200,45 @@ class JobRunner:
         if done is not None:
             done.set()
 
+    # -- an edge slot (worker.concurrency of them; worker.lookahead more deliveries wait here) ---------
+
+    def _in_slot(
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
+    ) -> Outcome:
+        """Wait (decoded) for an edge slot, up to the request's timeout counted from its receipt, then run."""
+        slot = SlotHold(self._slots)
+        if not slot.take(received_at + self._settings.timeout_s(request)):
+            waited = time.monotonic() - received_at
+            held = JobTimeout(f"the request's timeout passed while it waited {waited:.3f} s for a free edge slot")
+            return self._error_outcome(route, request, None, held, bound, started=received_at)
+        try:
+            return self._handle_request(
+                body, properties, route, request, key=key, bound=bound, received_at=received_at, slot=slot
+            )
+        finally:
+            slot.release()
+
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
     def _handle_request(
-        self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         tracked = self._crashes.record_delivery(key, body)
         entry = tracked.entry
@@ -210,7 +265,16 @@ class JobRunner:
             tracked,
             deliveries=deliveries,
             bound=bound,
-            work=lambda: self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound),
+            work=lambda: self._run(
+                request,
+                route,
+                key=journal_key,
+                resume_id=resume_id,
+                submits=submits,
+                bound=bound,
+                received_at=received_at,
+                slot=slot,
+            ),
         )
 
     def _delivery_count(self, properties: Any, journal_count: int) -> int:
@@ -232,9 +296,20 @@ class JobRunner:
         resume_id: str | None,
         submits: int,
         bound: Any,
+        received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         started = time.monotonic()
-        deadline = started + self._settings.timeout_s(request)
+        deadline = received_at + self._settings.timeout_s(request)
+        if started >= deadline:
+            # Held (worker.lookahead) until its timeout passed: it never reaches the edge, not even for a
+            # cancel, so that its outcome comes within receipt + timeout and the consumer timeout holds.
+            held = JobTimeout(
+                f"the request's timeout passed while it waited {started - received_at:.3f} s for a free slot"
+            )
+            return self._error_outcome(
+                route, request, None, held, bound, started=received_at, key=key, job_id=resume_id
+            )
         job: EdgeJob | None = None
         results: EdgeResults | None = None
         job_id = resume_id
@@ -284,9 +359,13 @@ class JobRunner:
         except JobTimeout as exc:
             if job_id is not None:
                 self._cancel(job_id, bound)
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         except JobError as exc:
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+        # The edge job has ended: the next job may be submitted while this one's results and reply are made.
+        slot.release()
 
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._follower.fetch_results(job_id, deadline, bound)
