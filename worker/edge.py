@@ -496,10 +496,14 @@ class EdgeClient:
         except EdgeHTTPError as exc:
             self._abandon(job_id)
             if exc.status == 501:
-                raise EdgeRejected("edge does not support open jobs (chunked upload): HTTP 501") from None
-            raise _submit_error(exc, model_id, version) from None
-        except EdgeError:
+                failure: EdgeError = EdgeRejected("edge does not support open jobs (chunked upload): HTTP 501")
+            else:
+                failure = _submit_error(exc, model_id, version)
+            failure.job_identifier = job_id  # the open job existed (and was cancelled): its reply names it
+            raise failure from None
+        except EdgeError as exc:
             self._abandon(job_id)
+            exc.job_identifier = job_id
             raise
         closed = EdgeJob.from_answer(data, fallback_id=job_id)
         closed.maybe_duplicated = opened.maybe_duplicated
@@ -551,6 +555,25 @@ class EdgeClient:
                 return None
             raise
         return EdgeResults.from_answer(data)
+
+    def list_jobs(
+        self, *, model_id: str, start: str | None = None, end: str | None = None, deadline: float | None = None
+    ) -> list[EdgeJob]:
+        """The jobs the edge knows of one model, created between start and end (RFC 3339; None: unbounded).
+
+        GET /api/jobs answers JobSummary entries (jobIdentifier, status, model): get_job gives the rest.
+        """
+        query = {"model": model_id}
+        if start is not None:
+            query["start_date"] = start
+        if end is not None:
+            query["end_date"] = end
+        data = self._call("GET", "/api/jobs?" + urllib.parse.urlencode(query), "list", deadline=deadline)
+        if isinstance(data, Mapping):  # a gateway that wraps the list (JobSummaryList's "jobs")
+            data = _get(data, "jobs") or []
+        if not isinstance(data, list):
+            return []
+        return [EdgeJob.from_answer(item) for item in data if isinstance(item, Mapping)]
 
     def cancel_job(self, job_id: str) -> EdgeJob | None:
         """Cancel a job; None when the edge no longer knows it."""
