@@ -226,7 +226,9 @@ def _validate(config: Config) -> None:
         try:
             re.compile(a.reply_to_pattern)
         except re.error as exc:
-            raise ConfigError(f"amqp.reply_to_pattern: not a regular expression ({exc}): {a.reply_to_pattern!r}") from None
+            raise ConfigError(
+                f"amqp.reply_to_pattern: not a regular expression ({exc}): {a.reply_to_pattern!r}"
+            ) from None
     _check_range("amqp.consumer_timeout", a.consumer_timeout, 60, 7 * 86400)
     for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         value = getattr(a, key)

@@ -122,7 +122,9 @@ class Journal:
                 self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
         self._db.execute(_OPENINGS_SCHEMA)
         self.opened_at = time.time()
-        self._db.execute("INSERT OR REPLACE INTO openings (token, opened_at) VALUES (?, ?)", (self.process_token, self.opened_at))
+        self._db.execute(
+            "INSERT OR REPLACE INTO openings (token, opened_at) VALUES (?, ?)", (self.process_token, self.opened_at)
+        )
         self._db.execute(
             "DELETE FROM openings WHERE token NOT IN (SELECT token FROM openings ORDER BY opened_at DESC LIMIT ?)",
             (_OPENINGS_KEPT,),
@@ -280,9 +282,7 @@ class Journal:
         record_job, only this mark (and its time) lets the next delivery look for that job (jobs.adopt).
         """
         if submitting:
-            self._write(
-                "UPDATE requests SET submitting = 1, submitting_at = ? WHERE key = ?", (time.time(), key)
-            )
+            self._write("UPDATE requests SET submitting = 1, submitting_at = ? WHERE key = ?", (time.time(), key))
         else:
             self._write("UPDATE requests SET submitting = 0 WHERE key = ?", (key,))
 
