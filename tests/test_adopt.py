@@ -8,6 +8,7 @@ The whole-process version, with real kill -9, is tests/test_faults.py::test_kill
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -220,4 +221,4 @@ def test_same_shape_submission_windows_never_overlap_and_start_in_a_later_millis
     assert most == 1
     spans.sort()
     assert len(spans) == 80
-    assert all(later[0] > earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), spans
+    assert all(later[0] > earlier[1] for earlier, later in itertools.pairwise(spans)), spans
