@@ -101,12 +101,25 @@ class JobRunner:
         self._crashes = CrashBook(journal, line=self.suspects)
         self._running: dict[str, threading.Event] = {}
         self._running_lock = threading.Lock()
-        self._local = threading.local()  # per handle(): whether its job_finished line was written
+        self._local = threading.local()  # .call: this thread's handle() in progress
+        self._calls: set[_Call] = set()
+        self._calls_cond = threading.Condition()
 
-    def stop(self) -> None:
-        """The worker exits: jobs still running are abandoned (their requests were handed back)."""
+    def stop(self, *, wait_s: float = 2.0) -> None:
+        """The worker exits: jobs still running are abandoned (their requests were handed back).
+
+        Waits up to wait_s for their threads to say so (each handle() writes its job_finished line); one still
+        blocked in an edge call then gets its job_finished (ABANDONED) from here, so that none goes unlogged.
+        """
         self._stopping.set()
         self.suspects.stop()
+        deadline = time.monotonic() + wait_s
+        with self._calls_cond:
+            while self._calls and (left := deadline - time.monotonic()) > 0:
+                self._calls_cond.wait(left)
+            stuck = list(self._calls)
+        for call in stuck:
+            call.finish(status="ABANDONED", duration_s=time.monotonic() - call.started, reason="worker exiting")
 
     def _pause(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
@@ -122,8 +135,10 @@ class JobRunner:
         """
         started = time.monotonic()
         self._metrics.job_started()
-        self._local.finished = False
         bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        call = self._local.call = _Call(bound, started)
+        with self._calls_cond:
+            self._calls.add(call)
         try:
             outcome = self._handle(body, properties, route, bound)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
@@ -134,19 +149,23 @@ class JobRunner:
                 bound.exception("job_internal_error")
                 outcome = Outcome(route=route, status="REQUEUED", requeue=True)
         duration = time.monotonic() - started
-        if not self._local.finished:
-            # The paths that end without a reply of their own (a replay, a hand-back, an internal error).
-            self._log_finished(bound, status=outcome.status, duration_s=duration)
+        # The paths that end without a reply of their own (a hand-back, an internal error) say so here.
+        call.finish(status=outcome.status, duration_s=duration, quiet=True)
         self._metrics.job_finished(outcome.status, duration)
+        self._local.call = None
+        with self._calls_cond:
+            self._calls.discard(call)
+            self._calls_cond.notify_all()
         return outcome
 
     def _log_finished(self, bound: Any, *, status: str, duration_s: float, **fields: Any) -> None:
-        """The one job_finished line of this handle() call (a second is a bug: logged as such, not repeated)."""
-        if getattr(self._local, "finished", False):
-            bound.error("job_finished_twice", status=status)
+        """The one job_finished line of this thread's handle() call, with the job's own context (bound)."""
+        call: _Call | None = getattr(self._local, "call", None)
+        if call is None:  # not inside handle(): nothing to count
+            bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
             return
-        self._local.finished = True
-        bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
+        call.bound = bound
+        call.finish(status=status, duration_s=duration_s, **fields)
 
     def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
         content_type = getattr(properties, "content_type", None)
@@ -439,3 +458,25 @@ class JobRunner:
         duration = 0.0 if started is None else time.monotonic() - started
         self._log_finished(bound, status=reply["status"], duration_s=duration, **fields)
         return Outcome(route=route, status=reply["status"], reply=encoded, dead_letter=dead_letter, journaled=journaled)
+
+
+class _Call:
+    """One handle() call: its job_finished line is written once, by whichever path ends it first."""
+
+    __slots__ = ("_done", "_lock", "bound", "started")
+
+    def __init__(self, bound: Any, started: float) -> None:
+        self.bound = bound
+        self.started = started
+        self._done = False
+        self._lock = threading.Lock()
+
+    def finish(self, *, status: str, duration_s: float, quiet: bool = False, **fields: Any) -> None:
+        """Write job_finished unless written already (then, unless quiet, a second attempt is a bug: said so)."""
+        with self._lock:
+            done, self._done = self._done, True
+        if done:
+            if not quiet:
+                self.bound.error("job_finished_twice", status=status)
+            return
+        self.bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
