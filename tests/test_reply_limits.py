@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import Producer, Queues, ReplyCollector, WorkerProcess, wait_until
 from worker.config import load_config
 from worker.errors import ConfigError
+from worker.jobs.replies import too_large_encoded, too_large_reply
 
 SHA = {"identifier": "sha256", "version": "1.0.0"}
 SLEEP = {"identifier": "sleep", "version": "1.0.0"}
@@ -197,3 +198,38 @@ def test_every_exit_path_ends_with_one_job_finished_and_the_gauge_at_zero(
     last = [line for line in worker.events("job_finished") if line["message_id"] == long]
     assert [line["status"] for line in last] == ["ABANDONED"]
     assert producer.message_count(queues.queue) == 1  # handed back, not lost
+
+
+def test_the_too_large_builders_keep_the_jobs_identity_and_counts_and_drop_the_results() -> None:
+    """The interface the publish path uses when the broker refuses a reply for its size (pure logic)."""
+    reply = {
+        "status": "COMPLETE",
+        "final": True,
+        "job_identifier": "j-1",
+        "request_id": "r",
+        "correlation_id": "c",
+        "model": {"identifier": "sha256", "version": "1.0.0", "name": "x"},
+        "explain": False,
+        "total": 2,
+        "pending": 0,
+        "completed": 2,
+        "failed": 0,
+        "job_inputs": ["a", "b"],
+        "created_at": "t0",
+        "updated_at": "t1",
+        "submitted_at": "t0",
+        "finished_at": "t1",
+        "elapsed_ms": 12,
+        "results": {"a": {"x": "y" * 5000}, "b": {}},
+        "failures": {"b": {}},
+    }
+    small = too_large_reply(reply, size_bytes=9000, limit_bytes=4096)
+    assert small["status"] == "ERROR" and small["final"] is True
+    assert small["error"]["code"] == "REPLY_TOO_LARGE"
+    assert "9000 bytes" in small["error"]["message"] and "4096 bytes" in small["error"]["message"]
+    assert "results" not in small and "failures" not in small
+    keep = ("job_identifier", "request_id", "correlation_id", "total", "completed", "failed", "elapsed_ms")
+    assert {k: small[k] for k in keep} == {k: reply[k] for k in keep}
+    encoded = msgpack.packb(reply, use_bin_type=True)
+    again = msgpack.unpackb(too_large_encoded(encoded, limit_bytes=4096), raw=False)
+    assert again["error"]["message"].startswith(f"the final reply (COMPLETE) with its results is {len(encoded)} bytes")

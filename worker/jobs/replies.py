@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
+
 from worker.edge import EdgeJob, EdgeResults
 from worker.errors import JobError, JobTimeout
-from worker.messages import JobRequest, ReplyRoute, empty_reply, now_rfc3339
+from worker.messages import JobRequest, ReplyRoute, empty_reply, encode_reply, now_rfc3339
 
 
 def job_reply(
@@ -149,3 +151,11 @@ def rejected_reply(route: ReplyRoute, error: JobError) -> dict[str, Any]:
     reply = empty_reply(route, status="REJECTED", final=True)
     reply["error"] = error.as_reply_error()
     return reply
+
+
+def too_large_encoded(encoded: bytes, *, limit_bytes: int) -> bytes:
+    """too_large_reply for an already encoded final reply (an Outcome's reply bytes), encoded again."""
+    reply = msgpack.unpackb(encoded, raw=False)
+    if not isinstance(reply, dict):
+        reply = {}
+    return encode_reply(too_large_reply(reply, size_bytes=len(encoded), limit_bytes=limit_bytes))
