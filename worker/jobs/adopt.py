@@ -37,6 +37,9 @@ from worker.journal import Journal, JournalEntry
 from worker.messages import JobRequest
 
 Shape = tuple[str, str, tuple[str, ...]]
+# Unclaimed jobs whose details are read, at most: more means the edge ignored the time filter (or shares the
+# model with another busy producer), and the search is not worth hundreds of calls on the redelivery's time.
+MAX_DETAILS = 32
 
 
 def shape_of(request: JobRequest) -> Shape:
@@ -87,7 +90,8 @@ class _Window:
 
 
 def _ms(moment: float) -> int:
-    return int(moment * 1000)
+    """The millisecond a moment falls in (the small epsilon undoes float error on a parsed ".123" stamp)."""
+    return int(moment * 1000 + 1e-4)
 
 
 def _rfc3339(moment: float) -> str:
@@ -128,10 +132,18 @@ def find_lost_job(
         names = sorted(request.sources)
         unclaimed = [job.job_identifier for job in listed if job.job_identifier]
         taken = journal.claimed(unclaimed)
+        unclaimed = [job_id for job_id in unclaimed if job_id not in taken]
+        if len(unclaimed) > MAX_DETAILS:
+            bound.warning(
+                "edge_job_maybe_duplicated",
+                reason="the edge lists too many unclaimed jobs of this model in the window to tell; submitting again",
+                candidates=None,
+                listed=len(listed),
+                previous_job_identifier=entry.job_id,
+            )
+            return None
         candidates: list[str] = []
         for job_id in unclaimed:
-            if job_id in taken:
-                continue
             try:
                 job = edge.get_job(job_id, deadline=deadline)
             except JobNotFound:
