@@ -21,7 +21,7 @@ import pika
 import pytest
 import structlog
 
-from worker.edge import EdgeClient
+from worker.edge import HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import EdgeGate, JobRunner, JobSettings
 from worker.jobs.adopt import SubmitWindows
@@ -49,7 +49,7 @@ def settings() -> JobSettings:
 @dataclass
 class Edge:
     emulator: EdgeEmulator
-    client: EdgeClient
+    client: HttpEdgeClient
     path: Path
 
     def submit(self, sources: dict[str, dict[str, bytes]] = SOURCES, model: dict[str, str] = SHA) -> str:
@@ -102,7 +102,9 @@ class Edge:
 def edge(tmp_path: Path) -> Iterator[Edge]:
     models = ("sha256:1.0.0", "sha256:2.0.0", "sleep:1.0.0")
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.01, capacity=4, models=models)) as emulator:
-        yield Edge(emulator, EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2), tmp_path / "j")
+        yield Edge(
+            emulator, HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2), tmp_path / "j"
+        )
 
 
 def events(logs: list[Any], name: str) -> list[Any]:

@@ -18,7 +18,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from worker.edge import EdgeClient, Features
+from worker.edge import EdgeClient, Features, HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import FIRST_LOOK_SHARE_START, EdgeGate, JobRunner, JobSettings, Outcome
 from worker.journal import Journal
@@ -67,7 +67,7 @@ def job_settings(*, upload: str) -> JobSettings:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.02, capacity=4)) as emulator:
-        client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
         settings = job_settings(upload="embedded")
@@ -124,7 +124,7 @@ def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig:
         other.close()
 
 
-class _SmallEdge(EdgeClient):
+class _SmallEdge(HttpEdgeClient):
     """The real client to the real emulator, reporting the smaller limits of another edge's features."""
 
     def features(self) -> Features:
@@ -175,7 +175,7 @@ def finished_lines(logs: list[Any]) -> list[Any]:
 def test_every_path_through_the_runner_writes_one_job_finished_and_brings_the_gauge_back(tmp_path: Path) -> None:
     """The paths a broker-level test cannot reach: the delivery limit and the worker's own failure."""
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.01, capacity=4)) as emulator:
-        client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
         metrics = Metrics()
@@ -206,7 +206,7 @@ def test_every_path_through_the_runner_writes_one_job_finished_and_brings_the_ga
 def test_a_chunk_an_older_gateway_refuses_ends_edge_rejected_naming_the_open_job(tmp_path: Path) -> None:
     """Issue 9: the open job existed (and was cancelled), so the error reply carries its job_identifier."""
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4, gateway="v2.0")) as emulator:
-        client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2, chunk_encoding="json")
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2, chunk_encoding="json")
         gate = EdgeGate(client)
         runner = JobRunner(
             edge=client, gate=gate, journal=None, settings=job_settings(upload="chunked"), metrics=Metrics()
@@ -228,7 +228,7 @@ def test_a_chunk_an_older_gateway_refuses_ends_edge_rejected_naming_the_open_job
 
 def test_a_reply_over_max_message_bytes_is_journaled_as_reply_too_large(tmp_path: Path) -> None:
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4)) as emulator:
-        client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
         settings = replace(job_settings(upload="embedded"), max_message_bytes=4096)

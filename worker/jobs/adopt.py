@@ -130,7 +130,13 @@ def find_lost_job(
             deadline=deadline,
         )
         names = sorted(request.sources)
-        unclaimed = [job.job_identifier for job in listed if job.job_identifier]
+        unclaimed = [
+            job.job_identifier
+            for job in listed
+            if job.job_identifier
+            and (job.model.get("identifier") or request.model_id) == request.model_id
+            and (job.model.get("version") or request.version) == request.version
+        ]
         taken = journal.claimed(unclaimed)
         unclaimed = [job_id for job_id in unclaimed if job_id not in taken]
         if len(unclaimed) > MAX_DETAILS:
