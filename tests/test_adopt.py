@@ -21,7 +21,7 @@ import pika
 import pytest
 import structlog
 
-from worker.edge import HttpEdgeClient
+from worker.edge import EdgeClient, HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import EdgeGate, JobRunner, JobSettings
 from worker.jobs.adopt import SubmitWindows
@@ -49,7 +49,7 @@ def settings() -> JobSettings:
 @dataclass
 class Edge:
     emulator: EdgeEmulator
-    client: HttpEdgeClient
+    client: EdgeClient
     path: Path
 
     def submit(self, sources: dict[str, dict[str, bytes]] = SOURCES, model: dict[str, str] = SHA) -> str:
@@ -98,13 +98,24 @@ class Edge:
         return jobs
 
 
-@pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
+@pytest.fixture(params=["http", "grpc"])
+def edge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Edge]:
+    """The emulator, and the worker's client over one transport (the search uses GET /api/jobs or GetJobs)."""
     models = ("sha256:1.0.0", "sha256:2.0.0", "sleep:1.0.0")
-    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.01, capacity=4, models=models)) as emulator:
-        yield Edge(
-            emulator, HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2), tmp_path / "j"
-        )
+    config = EmulatorConfig(port=0, grpc_port=0, latency_s=0.01, capacity=4, models=models)
+    with EdgeEmulator(config) as emulator:
+        client: EdgeClient
+        if request.param == "grpc":
+            from worker.edge.grpc import GrpcEdgeClient
+
+            assert emulator.grpc_target is not None
+            client = GrpcEdgeClient(target=emulator.grpc_target, request_timeout_s=10, max_attempts=2)
+        else:
+            client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        try:
+            yield Edge(emulator, client, tmp_path / "j")
+        finally:
+            client.close()
 
 
 def events(logs: list[Any], name: str) -> list[Any]:
