@@ -40,6 +40,7 @@ Shape = tuple[str, str, tuple[str, ...]]
 # Unclaimed jobs whose details are read, at most: more means the edge ignored the time filter (or shares the
 # model with another busy producer), and the search is not worth hundreds of calls on the redelivery's time.
 MAX_DETAILS = 32
+MAX_LISTED = 500  # jobs of the model in the window, at most, whose claims are looked up in the journal
 
 
 def shape_of(request: JobRequest) -> Shape:
@@ -137,7 +138,8 @@ def find_lost_job(
             and (job.model.get("identifier") or request.model_id) == request.model_id
             and (job.model.get("version") or request.version) == request.version
         ]
-        taken = journal.claimed(unclaimed)
+        # The journal is asked about a bounded list (sqlite bounds a statement's parameters too).
+        taken = journal.claimed(unclaimed) if len(unclaimed) <= MAX_LISTED else set()
         unclaimed = [job_id for job_id in unclaimed if job_id not in taken]
         if len(unclaimed) > MAX_DETAILS:
             bound.warning(
