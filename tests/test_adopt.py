@@ -23,7 +23,7 @@ import structlog
 
 from worker.edge import EdgeClient, HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
-from worker.jobs import EdgeGate, JobRunner, JobSettings
+from worker.jobs import EdgeGate, JobRunner, JobSettings, adopt
 from worker.jobs.adopt import SubmitWindows
 from worker.journal import Journal
 from worker.messages import route_from_properties
@@ -235,3 +235,17 @@ def test_same_shape_submission_windows_never_overlap_and_start_in_a_later_millis
     spans.sort()
     assert len(spans) == 80
     assert all(later[0] > earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+
+
+def test_more_unclaimed_jobs_in_the_window_than_the_search_reads_are_not_searched(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge that ignores the time filter lists every job of the model: too many to read, none adopted."""
+    monkeypatch.setattr(adopt, "MAX_DETAILS", 1)
+    edge.dead_process("k")
+    edge.submit()
+    edge.submit()
+    reply, logs = edge.redeliver("k")
+    assert reply["status"] == "COMPLETE"
+    warned = events(logs, "edge_job_maybe_duplicated")
+    assert len(warned) == 1 and warned[0]["candidates"] is None and "too many" in warned[0]["reason"]
