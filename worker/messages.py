@@ -57,6 +57,8 @@ class ReplyRoute:
     correlation_id: str | None
     message_id: str | None
     request_id: str | None = None
+    traceparent: str | None = None  # the job's W3C trace context (worker.tracing), sent in every reply's headers
+    tracestate: str | None = None
 
     @property
     def idempotency_key(self) -> str | None:
@@ -184,6 +186,10 @@ def reply_properties_fields(reply: Mapping[str, Any], route: ReplyRoute) -> dict
     headers: dict[str, Any] = {"status": reply["status"], "final": bool(reply["final"])}
     if route.request_id is not None:
         headers["request_id"] = route.request_id
+    if route.traceparent is not None:
+        headers["traceparent"] = route.traceparent
+        if route.tracestate:
+            headers["tracestate"] = route.tracestate
     return {
         "content_type": REPLY_CONTENT_TYPE,
         "delivery_mode": 2,

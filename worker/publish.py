@@ -257,6 +257,8 @@ def _log_context(outcome: Outcome) -> dict[str, Any]:
         "correlation_id": route.correlation_id,
         "request_id": route.request_id,
     }
+    if route.traceparent is not None:
+        context["trace_id"] = route.traceparent[3:35]  # the job's trace (worker.tracing)
     try:
         reply = msgpack.unpackb(outcome.reply, raw=False) if outcome.reply else {}
     except ValueError:

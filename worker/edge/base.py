@@ -198,10 +198,11 @@ class RetryingEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """Submit a text or embedded job in one call; raises ModelNotFound, EdgeRejected or EdgeUnavailable."""
         submission = Submission(model_id, version, explain, input_type=input_type, sources=sources)
-        return self._submit(submission, deadline, _meta(traceparent))
+        return self._submit(submission, deadline, _meta(traceparent, tracestate))
 
     def _submit(self, submission: Submission, deadline: float | None, meta: Mapping[str, str]) -> EdgeJob:
         self._local.maybe_duplicated = False
@@ -221,9 +222,10 @@ class RetryingEdgeClient:
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """Open a job, append every input in chunks no larger than the edge allows, then close it."""
-        meta = _meta(traceparent)
+        meta = _meta(traceparent, tracestate)
         chunk_bytes = self.features().chunk_bytes
         opened = self._submit(Submission(model_id=model_id, version=version, explain=explain), deadline, meta)
         job_id = opened.job_identifier
@@ -257,30 +259,44 @@ class RetryingEdgeClient:
         except EdgeError:
             log.warning("edge_open_job_abandoned", job_identifier=job_id)
 
-    def get_job(self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None) -> EdgeJob:
+    def get_job(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> EdgeJob:
         """The job's status; raises JobNotFound when the edge does not know it."""
         try:
-            return self._do_get_job(job_id, deadline, _meta(traceparent))
+            return self._do_get_job(job_id, deadline, _meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 raise JobNotFound(f"edge does not know job {job_id}: {exc.edge_message}") from None
             raise
 
     def get_results(
-        self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeResults | None:
         """The job's Results, or None while the edge says they are not ready (not found)."""
         try:
-            return self._do_get_results(job_id, deadline, _meta(traceparent))
+            return self._do_get_results(job_id, deadline, _meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 return None
             raise
 
-    def cancel_job(self, job_id: str, *, traceparent: str | None = None) -> EdgeJob | None:
+    def cancel_job(
+        self, job_id: str, *, traceparent: str | None = None, tracestate: str | None = None
+    ) -> EdgeJob | None:
         """Cancel a job; None when the edge no longer knows it."""
         try:
-            return self._do_cancel(job_id, retried=True, meta=_meta(traceparent))
+            return self._do_cancel(job_id, retried=True, meta=_meta(traceparent, tracestate))
         except EdgeAnswerError as exc:
             if exc.not_found:
                 return None
@@ -291,6 +307,7 @@ class RetryingEdgeClient:
         *,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
         model_id: str = "",
         start: str = "",
         end: str = "",
@@ -301,11 +318,13 @@ class RetryingEdgeClient:
         empty: not filtered.
         """
         wanted = {k: v for k, v in (("model", model_id), ("start_date", start), ("end_date", end)) if v}
-        return self._do_list_jobs(deadline, _meta(traceparent), wanted)
+        return self._do_list_jobs(deadline, _meta(traceparent, tracestate), wanted)
 
     def close(self) -> None:
         """Release the transport's connections (a no-op where they close themselves)."""
 
 
-def _meta(traceparent: str | None) -> dict[str, str]:
-    return {"traceparent": traceparent} if traceparent else {}
+def _meta(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    if not traceparent:
+        return {}
+    return {"traceparent": traceparent, "tracestate": tracestate} if tracestate else {"traceparent": traceparent}

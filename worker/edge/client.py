@@ -17,8 +17,8 @@ class EdgeClient(Protocol):
 
     Every call raises the contract's errors (worker.errors): ModelNotFound, EdgeRejected (PAYLOAD_TOO_LARGE
     among them), JobNotFound, or EdgeUnavailable after its retries (transient; maybe_sent when a request may
-    have reached the edge unanswered). `traceparent`, when given, travels as the W3C header (HTTP) or
-    metadata (gRPC) of that call.
+    have reached the edge unanswered). `traceparent` (and `tracestate` with it), when given, travel as the
+    W3C headers (HTTP) or metadata (gRPC) of that call.
     """
 
     def features(self) -> Features:
@@ -43,6 +43,7 @@ class EdgeClient(Protocol):
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """A text or embedded job in one submission."""
         ...
@@ -56,21 +57,36 @@ class EdgeClient(Protocol):
         explain: bool,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeJob:
         """An open job, its inputs appended in chunks, then closed."""
         ...
 
-    def get_job(self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None) -> EdgeJob:
+    def get_job(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> EdgeJob:
         """The job's status; JobNotFound when the edge does not know it."""
         ...
 
     def get_results(
-        self, job_id: str, *, deadline: float | None = None, traceparent: str | None = None
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> EdgeResults | None:
         """The job's results, None while not ready."""
         ...
 
-    def cancel_job(self, job_id: str, *, traceparent: str | None = None) -> EdgeJob | None:
+    def cancel_job(
+        self, job_id: str, *, traceparent: str | None = None, tracestate: str | None = None
+    ) -> EdgeJob | None:
         """Cancel; None when the edge no longer knows the job."""
         ...
 
@@ -79,6 +95,7 @@ class EdgeClient(Protocol):
         *,
         deadline: float | None = None,
         traceparent: str | None = None,
+        tracestate: str | None = None,
         model_id: str = "",
         start: str = "",
         end: str = "",

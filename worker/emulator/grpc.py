@@ -112,6 +112,8 @@ class GrpcFace:
             except DecodeError:
                 _abort(context, EdgeError(INTERNAL, f"grpc: error unmarshalling request: {request_type.__name__}"))
             state.count_call(call, _FACE)
+            carried = dict(context.invocation_metadata())
+            state.record_trace(_FACE, call, *(_text(carried.get(key)) for key in ("traceparent", "tracestate")))
             try:
                 return handler(request)
             except EdgeError as exc:
@@ -171,3 +173,7 @@ def _parse(document: dict[str, Any], message: M) -> M:
 
 def _abort(context: grpc.ServicerContext, error: EdgeError) -> NoReturn:
     context.abort(_STATUS_BY_CODE.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value if isinstance(value, str) else None

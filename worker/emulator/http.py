@@ -232,6 +232,8 @@ class _Handler(BaseHTTPRequestHandler):
                     RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({exc.size} vs. {limit})"
                 ) from None
             if area == "api":
+                trace = (self.headers.get("traceparent"), self.headers.get("tracestate"))
+                face.state.record_trace(_FACE, f"{method} {parts.path}", *trace)
                 content_type = self.headers.get("Content-Type", "")
                 payload = face.serve_api(method, segments[1:], parts.query, body, content_type)
             elif area == "_emulator":

@@ -159,6 +159,12 @@ class EdgeState:
             self._calls[name] += 1
             self._calls_by_face[face] += 1
 
+    def record_trace(self, face: str, call: str, traceparent: str | None, tracestate: str | None) -> None:
+        """The W3C trace context an API call carried (None without), kept for stats() (the latest 1000)."""
+        with self._lock:
+            self._traces.append({"face": face, "call": call, "traceparent": traceparent, "tracestate": tracestate})
+            del self._traces[:-1000]
+
     def count_too_large(self) -> None:
         with self._lock:
             self._rejected_too_large += 1
@@ -211,6 +217,7 @@ class EdgeState:
             self._chunks_appended = 0
             self._chunks_refused = 0
             self._stats_jobs: list[Job] = []
+            self._traces: list[dict[str, str | None]] = []
 
     def stats(self) -> dict[str, Any]:
         """Counters since the last reset, as a JSON-able dict."""
@@ -232,6 +239,7 @@ class EdgeState:
                 "fail_rate": self._fail_rate,
                 "latency_s": self._latency_s,
                 "jobs": [_stats_entry(job, now) for job in self._stats_jobs],
+                "traces": [dict(entry) for entry in self._traces],
             }
 
     # ----- scheduling ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from worker.jobs.suspects import CrashBook, SuspectLine, Tracked
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
+from worker.tracing import job_trace, traced_edge
 
 log = structlog.get_logger("worker.jobs")
 
@@ -50,6 +51,7 @@ class JobSettings:
     max_resubmits: int
     upload: str
     embed_limit: int
+    queue: str = "edge.jobs"  # the request queue: the name of the job's trace span
     max_message_bytes: int = 16777216  # amqp.max_message_bytes: a larger final reply is REPLY_TOO_LARGE
     reply_to_pattern: re.Pattern[str] | None = None  # amqp.reply_to_pattern, compiled; None: any reply_to
 
@@ -65,6 +67,7 @@ class JobSettings:
             max_resubmits=cfg.edge.max_resubmits,
             upload=cfg.edge.upload,
             embed_limit=cfg.edge.embed_limit,
+            queue=cfg.amqp.queue,
             max_message_bytes=cfg.amqp.max_message_bytes,
             reply_to_pattern=re.compile(cfg.amqp.reply_to_pattern) if cfg.amqp.reply_to_pattern else None,
         )
@@ -87,6 +90,7 @@ class JobRunner:
         metrics: Metrics,
         publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
     ) -> None:
+        edge = traced_edge(edge)  # each edge call carries the running job's trace (worker.tracing)
         self._edge = edge
         self._gate = gate
         self._journal = journal
@@ -128,6 +132,13 @@ class JobRunner:
     # -- entry point -------------------------------------------------------------------------------
 
     def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
+        """Process one delivery to its outcome, in the request's trace (worker.tracing). Never raises."""
+        with job_trace(properties, queue=self._settings.queue, body_size=len(body)) as trace:
+            outcome = self._handle_delivery(body, properties, trace.reply_route(route), trace.log_fields)
+            trace.finish(outcome.status, code=outcome.dead_letter.code if outcome.dead_letter else None)
+            return outcome
+
+    def _handle_delivery(self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str]) -> Outcome:
         """Process one delivery to its outcome. Never raises: a bug hands the delivery back.
 
         Every call ends with exactly one `job_finished` line and one metrics.job_finished (the in-progress
@@ -135,7 +146,7 @@ class JobRunner:
         """
         started = time.monotonic()
         self._metrics.job_started()
-        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id)
+        bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id, **trace)
         call = self._local.call = _Call(bound, started)
         with self._calls_cond:
             self._calls.add(call)
