@@ -278,6 +278,12 @@ class Queues:
 class Emulator:
     child: Child
     url: str
+    grpc_target: str | None = None  # host:port of its gRPC face, when it has one
+
+    @property
+    def grpc_url(self) -> str:
+        assert self.grpc_target is not None, "this emulator has no gRPC face"
+        return f"grpc://{self.grpc_target}"
 
     def stats(self) -> dict[str, Any]:
         self.child.check("asked for its stats")
@@ -330,23 +336,37 @@ class Scope:
         if child in self.children:
             self.children.remove(child)
 
-    def emulator(self, *, latency_s: float, capacity: int) -> Emulator:
+    def emulator(self, *, latency_s: float, capacity: int, grpc: bool = False) -> Emulator:
+        """The emulator; with grpc, its gRPC face too (on a free port)."""
         argv = [sys.executable, "-m", "worker", "emulator", "--port", "0"]
         argv += ["--latency", str(latency_s), "--capacity", str(capacity)]
+        if grpc:
+            argv += ["--grpc-port", "0"]
         child = self.spawn(f"emulator-{latency_s:g}s-x{capacity}", argv, _base_env())
 
-        def listening() -> str | None:
+        def listening() -> dict[str, Any] | None:
             for line in child.log_path.read_text(errors="replace").splitlines():
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
                     if isinstance(event, dict) and event.get("event") == "emulator_listening":
-                        return str(event["url"])
+                        return event
             return None
 
-        url = self.bench.wait_for(listening, START_TIMEOUT_S, "the emulator's listening line", watch=[child])
-        return Emulator(child=child, url=url)
+        event = self.bench.wait_for(listening, START_TIMEOUT_S, "the emulator's listening line", watch=[child])
+        target = event.get("grpc_target")
+        return Emulator(child=child, url=str(event["url"]), grpc_target=str(target) if target else None)
 
-    def worker(self, emulator: Emulator, queues: Queues, *, concurrency: int, queue_type: str = "quorum") -> Child:
+    def worker(
+        self,
+        emulator: Emulator,
+        queues: Queues,
+        *,
+        concurrency: int,
+        queue_type: str = "quorum",
+        lookahead: int | None = None,
+        grpc: bool = False,
+    ) -> Child:
+        """`python -m worker run` on these queues; lookahead None keeps the worker's default; grpc: grpc:// edge."""
         env = _base_env()
         env.update(
             {
@@ -354,7 +374,7 @@ class Scope:
                 "EDGE_WORKER_AMQP__QUEUE": queues.queue,
                 "EDGE_WORKER_AMQP__REPLY_QUEUE": queues.reply,
                 "EDGE_WORKER_AMQP__DEAD_LETTER_QUEUE": queues.dead,
-                "EDGE_WORKER_EDGE__URL": emulator.url,
+                "EDGE_WORKER_EDGE__URL": emulator.grpc_url if grpc else emulator.url,
                 "EDGE_WORKER_WORKER__CONCURRENCY": str(concurrency),
                 "EDGE_WORKER_WORKER__STATE_DIR": str(self.bench.workdir / f"state-{uuid.uuid4().hex[:8]}"),
                 "EDGE_WORKER_LOG__FORMAT": "json",
@@ -362,7 +382,21 @@ class Scope:
                 "EDGE_WORKER_AMQP__QUEUE_TYPE": queue_type,
             }
         )
-        child = self.spawn(f"worker-c{concurrency}", [sys.executable, "-m", "worker", "run"], env)
+        if lookahead is not None:
+            env["EDGE_WORKER_WORKER__LOOKAHEAD"] = str(lookahead)
+        name = (
+            f"worker-c{concurrency}" + (f"-l{lookahead}" if lookahead is not None else "") + ("-grpc" if grpc else "")
+        )
+        child = self.spawn(name, [sys.executable, "-m", "worker", "run"], env)
+        self._wait_consuming(child, queues.queue)
+        return child
+
+    def echo(self, queues: Queues, *, queue_type: str = "quorum") -> Child:
+        """The broker's share (bench/floor.py): a consumer that replies at once, confirm then ack."""
+        argv = [sys.executable, "-m", "bench.floor", "echo", "--amqp-url", self.bench.broker.url]
+        argv += ["--queue", queues.queue, "--reply-queue", queues.reply, "--dead-letter-queue", queues.dead]
+        argv += ["--queue-type", queue_type]
+        child = self.spawn(f"echo-{queue_type}", argv, _base_env())
         self._wait_consuming(child, queues.queue)
         return child
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.floor import EdgeDirect, grpc_unavailable
 from bench.measure import (
     Bench,
     ThroughputRun,
@@ -22,8 +23,11 @@ from bench.measure import (
 from bench.plan import (
     CONCURRENCIES,
     DEFAULT_CONCURRENCY,
+    DEFAULT_LOOKAHEAD,
+    GRPC_CONCURRENCIES,
     HASH_MODEL,
     LARGE_BOUND_EXTRA_MIB,
+    LOOKAHEADS,
     MIB,
     MODEL,
     REALISTIC,
@@ -41,15 +45,26 @@ from bench.procs import (
 
 
 def scenario_overhead(bench: Bench) -> dict[str, Any]:
-    """Zero-latency edge, 1 KiB inputs: the worker's own cost per job against the naive consumer's."""
+    """Zero-latency edge, 1 KiB inputs: the worker's own cost per job against the naive consumer's.
+
+    The worker at concurrency 8 and 1 over HTTP, at 8 over gRPC when the worker speaks it, and the naive
+    consumer, one after the other on one emulator.
+    """
     plan = bench.plan
+    grpc_missing = grpc_unavailable()
     out: dict[str, Any] = {"jobs": plan.overhead_jobs, "jobs_c1": plan.overhead_jobs_c1}
+    consumers: list[tuple[str, int, bool]] = [("worker_c8", DEFAULT_CONCURRENCY, False), ("worker_c1", 1, False)]
+    if grpc_missing is None:
+        consumers.append(("worker_c8_grpc", DEFAULT_CONCURRENCY, True))
+    else:
+        out["grpc"] = f"not available: {grpc_missing}"
+    consumers.append(("naive", 0, False))
     with Scope(bench, "overhead") as scope:
-        emulator = scope.emulator(latency_s=0.0, capacity=0)
+        emulator = scope.emulator(latency_s=0.0, capacity=0, grpc=grpc_missing is None)
         queues = scope.queues()
-        for label, concurrency in (("worker_c8", DEFAULT_CONCURRENCY), ("worker_c1", 1), ("naive", 0)):
+        for label, concurrency, grpc in consumers:
             consumer = (
-                scope.worker(emulator, queues, concurrency=concurrency)
+                scope.worker(emulator, queues, concurrency=concurrency, grpc=grpc)
                 if concurrency
                 else scope.naive(emulator, queues)
             )
@@ -70,6 +85,8 @@ def scenario_overhead(bench: Bench) -> dict[str, Any]:
             finally:
                 sink.close()
                 scope.stop(consumer)
+    if grpc_missing is not None:
+        _progress(f"grpc: not available ({grpc_missing})")
     return out
 
 
@@ -78,41 +95,67 @@ def _sweep_jobs(bench: Bench, ideal_per_s: float) -> int:
 
 
 def scenario_concurrency(bench: Bench) -> dict[str, Any]:
-    """Realistic edge (8 slots x 50 ms): jobs/s for each worker concurrency; the realistic figure is c = 8.
+    """Realistic edge (8 slots x 50 ms): jobs/s for each concurrency and look-ahead; the realistic figures are
+    the default look-ahead's at concurrency 8 and 16. Over gRPC too (default look-ahead), when available.
 
-    One worker per concurrency, each on queues of its own, all started first; the runs then go round the
-    concurrencies, repeat after repeat, so that a slow spell of the machine (seen here: whole runs 20 %
-    slower) falls on every concurrency alike instead of on the one measured at the time.
+    One worker per (look-ahead, concurrency), each on queues of its own, all started first; the runs then go
+    round them, repeat after repeat, so that a slow spell of the machine (seen here: whole runs 20 % slower)
+    falls on every series alike instead of on the one measured at the time.
     """
     latency_s, capacity = REALISTIC
-    out: dict[str, Any] = {"ideal_per_s": capacity / latency_s, "by_concurrency": {}}
+    grpc_missing = grpc_unavailable()
+    out: dict[str, Any] = {
+        "ideal_per_s": capacity / latency_s,
+        "default_lookahead": DEFAULT_LOOKAHEAD,
+        "by_lookahead": {},
+    }
+    series: list[tuple[str, int, int, bool]] = [
+        (f"l{lookahead}", lookahead, c, False) for lookahead in LOOKAHEADS for c in CONCURRENCIES
+    ]
+    if grpc_missing is None:
+        series += [("grpc", DEFAULT_LOOKAHEAD, c, True) for c in GRPC_CONCURRENCIES]
+    else:
+        out["grpc"] = f"not available: {grpc_missing}"
     with Scope(bench, "concurrency") as scope:
-        emulator = scope.emulator(latency_s=latency_s, capacity=capacity)
-        rigs: list[tuple[int, Child, Queues, ReplySink]] = []
+        emulator = scope.emulator(latency_s=latency_s, capacity=capacity, grpc=grpc_missing is None)
+        rigs: list[tuple[tuple[str, int, int, bool], Child, Queues, ReplySink]] = []
         try:
-            for concurrency in CONCURRENCIES:
+            for key in series:
+                _, lookahead, concurrency, grpc = key
                 queues = scope.queues()
-                worker = scope.worker(emulator, queues, concurrency=concurrency)
+                worker = scope.worker(emulator, queues, concurrency=concurrency, lookahead=lookahead, grpc=grpc)
                 sink = ReplySink(bench.broker, queues.reply)
-                rigs.append((concurrency, worker, queues, sink))
+                rigs.append((key, worker, queues, sink))
                 bench.warm_up(worker, emulator, queues, sink, 2 * concurrency)
-            runs: dict[int, list[ThroughputRun]] = {c: [] for c in CONCURRENCIES}
+            runs: dict[tuple[str, int, int, bool], list[ThroughputRun]] = {key: [] for key in series}
             for _ in range(bench.plan.repeats):
-                for concurrency, worker, queues, sink in rigs:
+                for key, worker, queues, sink in rigs:
+                    name, lookahead, concurrency, _ = key
                     ideal = min(concurrency, capacity) / latency_s
                     run = bench.throughput(worker, emulator, queues, sink, _sweep_jobs(bench, ideal))
-                    runs[concurrency].append(run)
-                    _progress(f"concurrency {concurrency}: {run.jobs_per_s:.1f} jobs/s (ideal {ideal:g})")
-            for concurrency in CONCURRENCIES:
-                _check_complete(runs[concurrency], f"concurrency {concurrency}")
-                summary = summarize(runs[concurrency])
+                    runs[key].append(run)
+                    _progress(
+                        f"{name} concurrency {concurrency} lookahead {lookahead}: {run.jobs_per_s:.1f} jobs/s "
+                        f"(ideal {ideal:g})"
+                    )
+            for key in series:
+                name, lookahead, concurrency, _ = key
+                _check_complete(runs[key], f"{name} concurrency {concurrency}")
+                summary = summarize(runs[key])
                 summary["ideal_per_s"] = min(concurrency, capacity) / latency_s
                 summary["share_of_edge_ideal"] = summary["jobs_per_s"] / out["ideal_per_s"]
-                out["by_concurrency"][str(concurrency)] = summary
+                summary["lookahead"] = lookahead
+                group = "grpc_by_concurrency" if name == "grpc" else None
+                if group is None:
+                    out["by_lookahead"].setdefault(str(lookahead), {})[str(concurrency)] = summary
+                else:
+                    out.setdefault(group, {})[str(concurrency)] = summary
         finally:
             for _, worker, _, sink in rigs:
                 sink.close()
                 scope.stop(worker)
+    # The figures the targets read: the default look-ahead's series.
+    out["by_concurrency"] = out["by_lookahead"].get(str(DEFAULT_LOOKAHEAD), {})
     return out
 
 
@@ -140,72 +183,97 @@ def scenario_saturation(bench: Bench) -> dict[str, Any]:
     return summary
 
 
-def scenario_latency(bench: Bench) -> dict[str, Any]:
-    """One request at a time on a 50 ms edge: the time added on top of the 50 ms, publish to reply.
+def _sample_stats(samples: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": median(samples),
+        "p90_ms": percentile(samples, 90),
+        "min_ms": min(samples),
+        "max_ms": max(samples),
+    }
 
-    Measured with the default quorum queues and with classic ones, runs alternating between the two (one
-    worker each, on one emulator): the difference is the broker's (a quorum queue delivers a message only
-    once its log entry is committed, and confirms a publish likewise), not the worker's.
+
+def scenario_latency(bench: Bench) -> dict[str, Any]:
+    """One request at a time on a 50 ms edge: the time added on top of the 50 ms, publish to reply, and the
+    floor under it, all measured in turn, repeat after repeat, in the same run.
+
+    - the worker with the default quorum queues, with classic ones, and (when available) over gRPC;
+    - the broker's share: `bench.floor echo`, a consumer that replies at once (confirmed publish, then ack)
+      on quorum queues declared as the worker declares them: its publish-to-reply time;
+    - the edge's share: the worker's two edge calls (submit, and results once the job has run) made from the
+      benchmark by one client over one connection (HTTP, and gRPC when available): their wall time.
+
+    The worker's own share = its added latency minus (broker's share + edge's share), taken per repeat.
     """
     job_s = 0.05
-    kinds = ("quorum", "classic")
-    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    grpc_missing = grpc_unavailable()
+    kinds = ["quorum", "classic"] + (["grpc"] if grpc_missing is None else [])
+    floors = ["broker", "edge_http"] + (["edge_grpc"] if grpc_missing is None else [])
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds + floors}
     calls: dict[str, dict[str, int]] = {}
     with Scope(bench, "latency") as scope:
-        emulator = scope.emulator(latency_s=job_s, capacity=1)
+        emulator = scope.emulator(latency_s=job_s, capacity=1, grpc=grpc_missing is None)
+        body = request_body(MODEL, payload := os.urandom(1024))
         rigs: list[tuple[str, Child, ReplySink, Publisher]] = []
+        direct = EdgeDirect(emulator.url, emulator.grpc_target)
         try:
-            for kind in kinds:
+            for kind in [*kinds, "broker"]:
                 queues = scope.queues()
-                worker = scope.worker(emulator, queues, concurrency=DEFAULT_CONCURRENCY, queue_type=kind)
-                rigs.append(
-                    (
-                        kind,
-                        worker,
-                        ReplySink(bench.broker, queues.reply),
-                        Publisher(bench.broker, queues.queue, queues.reply, confirm=False),
+                if kind == "broker":
+                    consumer = scope.echo(queues, queue_type="quorum")
+                else:
+                    consumer = scope.worker(
+                        emulator,
+                        queues,
+                        concurrency=DEFAULT_CONCURRENCY,
+                        queue_type="classic" if kind == "classic" else "quorum",
+                        grpc=kind == "grpc",
                     )
-                )
-            body = request_body(MODEL, os.urandom(1024))
+                sink = ReplySink(bench.broker, queues.reply)
+                rigs.append((kind, consumer, sink, Publisher(bench.broker, queues.queue, queues.reply, confirm=False)))
 
-            def one(worker: Child, sink: ReplySink, publisher: Publisher) -> float:
+            def one(kind: str, consumer: Child, sink: ReplySink, publisher: Publisher) -> float:
                 started = time.perf_counter()
                 message_id = publisher.publish(body)
                 sink.expect([message_id])
-                sink.wait(watch=[worker, emulator.child], doing="waiting for one reply")
-                return (sink.arrivals[message_id] - started - job_s) * 1000
+                sink.wait(watch=[consumer, emulator.child], doing="waiting for one reply")
+                return (sink.arrivals[message_id] - started - (0.0 if kind == "broker" else job_s)) * 1000
 
-            for _, worker, sink, publisher in rigs:
+            def edge(kind: str) -> float:
+                call = direct.grpc_job if kind == "edge_grpc" else direct.http_job
+                return call(MODEL, payload, job_s) * 1000
+
+            for rig in rigs:
                 for _ in range(10):  # warm-up: connections and the duration estimate
-                    one(worker, sink, publisher)
+                    one(*rig)
+            for kind in floors[1:]:
+                for _ in range(10):
+                    edge(kind)
+            count = bench.plan.latency_requests
             for _ in range(bench.plan.repeats):
-                for kind, worker, sink, publisher in rigs:
+                for kind, consumer, sink, publisher in rigs:
                     emulator.reset()
-                    added = [one(worker, sink, publisher) for _ in range(bench.plan.latency_requests)]
-                    calls[kind] = emulator.stats()["calls"]
-                    runs[kind].append(
-                        {
-                            "median_ms": median(added),
-                            "p90_ms": percentile(added, 90),
-                            "min_ms": min(added),
-                            "max_ms": max(added),
-                        }
-                    )
+                    runs[kind].append(_sample_stats([one(kind, consumer, sink, publisher) for _ in range(count)]))
+                    if kind != "broker":
+                        calls[kind] = emulator.stats()["calls"]
                     _progress(
-                        f"latency ({kind} queues): median +{runs[kind][-1]['median_ms']:.2f} ms, "
+                        f"latency ({kind}): median +{runs[kind][-1]['median_ms']:.2f} ms, "
                         f"p90 +{runs[kind][-1]['p90_ms']:.2f} ms"
                     )
+                for kind in floors[1:]:
+                    runs[kind].append(_sample_stats([edge(kind) for _ in range(count)]))
+                    _progress(f"latency ({kind}, two calls): median {runs[kind][-1]['median_ms']:.2f} ms")
         finally:
-            for _, worker, sink, publisher in rigs:
+            direct.close()
+            for _, consumer, sink, publisher in rigs:
                 publisher.close()
                 sink.close()
-                scope.stop(worker)
+                scope.stop(consumer)
 
     def summary(kind: str) -> dict[str, Any]:
         jobs = max(1, calls[kind].get("submit", 0))
         return {
             "job_s": job_s,
-            "queue_type": kind,
+            "queue_type": "classic" if kind == "classic" else "quorum",
             "requests_per_run": bench.plan.latency_requests,
             "median_ms": median([r["median_ms"] for r in runs[kind]]),
             "p90_ms": median([r["p90_ms"] for r in runs[kind]]),
@@ -214,8 +282,32 @@ def scenario_latency(bench: Bench) -> dict[str, Any]:
             "runs": runs[kind],
         }
 
+    def own(kind: str, edge_kind: str) -> float:
+        """Per repeat: the worker's median minus the broker's and the edge's medians; the median of those."""
+        return median(
+            [
+                w["median_ms"] - b["median_ms"] - e["median_ms"]
+                for w, b, e in zip(runs[kind], runs["broker"], runs[edge_kind], strict=True)
+            ]
+        )
+
     out = summary("quorum")
     out["classic"] = summary("classic")
+    floor: dict[str, Any] = {
+        "broker_ms": median([r["median_ms"] for r in runs["broker"]]),
+        "edge_http_ms": median([r["median_ms"] for r in runs["edge_http"]]),
+        "runs": {kind: runs[kind] for kind in floors},
+    }
+    floor["floor_ms"] = floor["broker_ms"] + floor["edge_http_ms"]
+    floor["own_share_ms"] = own("quorum", "edge_http")
+    if grpc_missing is None:
+        out["grpc"] = summary("grpc")
+        floor["edge_grpc_ms"] = median([r["median_ms"] for r in runs["edge_grpc"]])
+        floor["floor_grpc_ms"] = floor["broker_ms"] + floor["edge_grpc_ms"]
+        floor["own_share_grpc_ms"] = own("grpc", "edge_grpc")
+    else:
+        out["grpc_unavailable"] = f"not available: {grpc_missing}"
+    out["floor"] = floor
     return out
 
 

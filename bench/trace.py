@@ -61,10 +61,10 @@ def run_traced_worker(out_path: str) -> int:
 
     original_work = service.Daemon._work
 
-    def work(self: Any, entry: Any, delivery: Any, route: Any) -> None:
-        current.key = route.message_id
+    def work(self: Any, start: Any) -> None:
+        current.key = start.route.message_id
         record("work:in")
-        original_work(self, entry, delivery, route)
+        original_work(self, start)
 
     service.Daemon._work = work  # type: ignore[method-assign]
     wrap(broker.BrokerLink, "_deliver", "deliver", lambda s, ch, m, p, b: p.message_id, after=False)

@@ -64,6 +64,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (config.edge.upload, config.edge.embed_limit, config.edge.chunk_encoding) == ("auto", 3_000_000, "auto")
     assert config.edge.api_key == ""
     assert (config.worker.concurrency, config.worker.state_dir) == (8, "/var/lib/edge-worker")
+    assert config.worker.lookahead == 2
     assert (config.worker.journal_retention, config.worker.drain_timeout) == (86400, 60)
     assert config.worker.max_request_bytes == 67_108_864
     assert (config.log.level, config.log.format) == ("info", "auto")
@@ -289,6 +290,8 @@ def test_wrong_type_in_the_environment_names_the_key(env: dict[str, str], messag
         ("EDGE__EMBED_LIMIT", "0", "edge.embed_limit: expected a value from 1"),
         ("WORKER__CONCURRENCY", "0", "worker.concurrency: expected a value from 1 to 1024, got 0"),
         ("WORKER__CONCURRENCY", "100000", "worker.concurrency: expected a value from 1 to 1024"),
+        ("WORKER__LOOKAHEAD", "-1", "worker.lookahead: expected a value from 0 to 64, got -1"),
+        ("WORKER__LOOKAHEAD", "65", "worker.lookahead: expected a value from 0 to 64, got 65"),
         ("WORKER__STATE_DIR", "", "worker.state_dir: expected a directory path"),
         ("WORKER__DRAIN_TIMEOUT", "-1", "worker.drain_timeout: expected a value from 0"),
         ("WORKER__MAX_REQUEST_BYTES", "100", "worker.max_request_bytes: expected a value from 1024"),

@@ -64,6 +64,7 @@ class EdgeConfig:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     concurrency: int = 8
+    lookahead: int = 2
     state_dir: str = "/var/lib/edge-worker"
     journal_retention: int = 86400
     drain_timeout: float = 60.0
@@ -259,6 +260,7 @@ def _validate(config: Config) -> None:
         )
     _check_range("edge.grpc_max_message_bytes", e.grpc_max_message_bytes, 1 << 20, (1 << 31) - 1)
     _check_range("worker.concurrency", w.concurrency, 1, 1024)
+    _check_range("worker.lookahead", w.lookahead, 0, 64)
     if not w.state_dir:
         raise ConfigError("worker.state_dir: expected a directory path")
     # At least a minute: a finished reply must outlive its own publish retries (README, "Replies the broker

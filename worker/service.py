@@ -17,7 +17,7 @@ from worker.config import Config, describe_url, parse_listen
 from worker.edge import EdgeClient
 from worker.edge import make_edge_client as make_edge_transport
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
-from worker.jobs import EdgeGate, JobRunner, JobSettings, JobThreads, Outcome
+from worker.jobs import EdgeGate, EdgeSlots, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
 from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
@@ -39,6 +39,16 @@ class _InFlight:
 
     key: str | None
     deliveries: list[Delivery] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Start:
+    """A delivery handed to a job thread: held (decoded, waiting for an edge slot) or running."""
+
+    entry: _InFlight
+    delivery: Delivery
+    route: ReplyRoute
+    received_at: float  # time.monotonic() at receipt: the job's timeout counts from here
 
 
 def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
@@ -68,11 +78,14 @@ class Daemon:
         self._edge = make_edge_client(config, self.metrics)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
-        self._threads: JobThreads | None = None
+        self._threads: JobThreads[_Start] | None = None
+        # worker.concurrency edge jobs at once; every delivery taken (prefetch = concurrency + lookahead) has a
+        # thread, so a held one is decoded and waiting for a slot when a job ends.
+        self._slots = EdgeSlots(config.worker.concurrency)
         self._link = BrokerLink(
             ioloop=self._ioloop,
             amqp=config.amqp,
-            prefetch=config.worker.concurrency,
+            prefetch=config.worker.concurrency + config.worker.lookahead,
             on_message=self._on_message,
             on_ready=self._on_broker_ready,
             on_lost=self._on_broker_lost,
@@ -99,6 +112,7 @@ class Daemon:
             "worker_starting",
             pid=os.getpid(),
             concurrency=cfg.worker.concurrency,
+            lookahead=cfg.worker.lookahead,
             queue=cfg.amqp.queue,
             queue_type=cfg.amqp.queue_type,
             edge_url=cfg.edge.url,
@@ -123,6 +137,7 @@ class Daemon:
             settings=JobSettings.from_config(cfg),
             metrics=self.metrics,
             publish_update=self._publish_update_threadsafe,
+            slots=self._slots,
         )
         if cfg.metrics.listen:
             host, port = parse_listen(cfg.metrics.listen)
@@ -156,7 +171,7 @@ class Daemon:
             log.info("worker_exit", reason="signal during start-up", exit_code=0)
             self._shutdown_helpers()
             return int(ExitCode.OK)
-        self._threads = JobThreads(cfg.worker.concurrency)
+        self._threads = JobThreads(cfg.worker.concurrency + cfg.worker.lookahead, self._work)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
         self._say("connecting to the broker")
@@ -238,10 +253,12 @@ class Daemon:
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
         self._say(f"waiting for the broker: {reason}"[:200])
+        self._forget_dead_held()
         if self._draining and not self._active and not self._outbox:
             self._link.close()
 
     def _on_message(self, delivery: Delivery) -> None:
+        received_at = time.monotonic()
         if self._draining:
             self._link.requeue(delivery)
             return
@@ -257,12 +274,46 @@ class Daemon:
             self._inflight[key] = entry
         self._active.add(entry)
         assert self._threads is not None
-        self._threads.submit(partial(self._work, entry, delivery, route))
+        # A thread is free (prefetch = the threads): it decodes the request, then waits for an edge slot.
+        self._threads.submit(_Start(entry, delivery, route, received_at))
 
-    def _work(self, entry: _InFlight, delivery: Delivery, route: ReplyRoute) -> None:
+    def _work(self, start: _Start) -> None:
+        """On a job thread."""
         assert self._runner is not None
-        outcome = self._runner.handle(delivery.body, delivery.properties, route)
-        self._ioloop.add_callback_threadsafe(partial(self._complete, entry, outcome))
+        delivery = start.delivery
+        outcome = self._runner.handle(delivery.body, delivery.properties, start.route, received_at=start.received_at)
+        self._ioloop.add_callback_threadsafe(partial(self._complete, start.entry, outcome))
+
+    def _take_back_held(self) -> list[_Start]:
+        """Remove the deliveries no thread has taken yet from the in-flight table; returns them."""
+        held = self._threads.take_back() if self._threads is not None else []
+        for start in held:
+            self._active.discard(start.entry)
+            if start.entry.key is not None and self._inflight.get(start.entry.key) is start.entry:
+                del self._inflight[start.entry.key]
+        return held
+
+    def _hand_back_held(self) -> int:
+        """The drain's first step: held deliveries go back to the queue (for another worker) at once.
+
+        Those waiting for an edge slot end with a hand-back outcome (requeued in _complete); none waits
+        from now on. Returns how many deliveries were held.
+        """
+        handed_back = self._slots.close()
+        for start in self._take_back_held():
+            for delivery in start.entry.deliveries:
+                handed_back += int(self._link.requeue(delivery))
+        return handed_back
+
+    def _forget_dead_held(self) -> None:
+        """The connection is gone: the broker redelivers what never reached a thread, so it must not run here.
+
+        (Those waiting for an edge slot go on, like the running ones: a redelivery with the same message_id
+        attaches to them and gets their reply.)
+        """
+        held = len(self._take_back_held())
+        if held:
+            log.info("held_deliveries_dropped", deliveries=held, reason="connection lost: the broker redelivers")
 
     def _complete(self, entry: _InFlight, outcome: Outcome) -> None:
         self._active.discard(entry)
@@ -354,6 +405,9 @@ class Daemon:
         self._last_status = self._status_line()
         self._notifier.stopping(status=self._last_status)
         self._link.pause_consuming()
+        held = self._hand_back_held()
+        if held:
+            log.info("held_handed_back", deliveries=held)
         self._maybe_finish_drain()
 
     def _maybe_finish_drain(self) -> None:

@@ -12,7 +12,7 @@ from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.runner import JobRunner, JobSettings
 from worker.jobs.suspects import SUSPECT_AFTER_CRASHES, SUSPECT_GRACE_S, CrashBook, SuspectLine
-from worker.jobs.threads import JobThreads
+from worker.jobs.threads import EdgeSlots, JobThreads, SlotHold
 
 __all__ = [
     "FIRST_LOOK_SHARE_DOWN",
@@ -25,10 +25,12 @@ __all__ = [
     "DeadLetter",
     "DurationEstimator",
     "EdgeGate",
+    "EdgeSlots",
     "JobFollower",
     "JobRunner",
     "JobSettings",
     "JobThreads",
     "Outcome",
+    "SlotHold",
     "SuspectLine",
 ]

@@ -33,6 +33,7 @@ from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
 from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply, too_large_reply
 from worker.jobs.submit import Submitter
 from worker.jobs.suspects import CrashBook, SuspectLine, Tracked
+from worker.jobs.threads import EdgeSlots, SlotHold
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
@@ -89,9 +90,11 @@ class JobRunner:
         settings: JobSettings,
         metrics: Metrics,
         publish_update: Callable[[ReplyRoute, bytes, str], None] | None = None,
+        slots: EdgeSlots | None = None,
     ) -> None:
         edge = traced_edge(edge)  # each edge call carries the running job's trace (worker.tracing)
         self._edge = edge
+        self._slots = slots
         self._gate = gate
         self._journal = journal
         self._settings = settings
@@ -131,14 +134,20 @@ class JobRunner:
 
     # -- entry point -------------------------------------------------------------------------------
 
-    def handle(self, body: bytes, properties: Any, route: ReplyRoute) -> Outcome:
-        """Process one delivery to its outcome, in the request's trace (worker.tracing). Never raises."""
+    def handle(self, body: bytes, properties: Any, route: ReplyRoute, *, received_at: float | None = None) -> Outcome:
+        """Process one delivery to its outcome, in the request's trace (worker.tracing). Never raises.
+
+        `received_at` (time.monotonic()) is when the delivery arrived: a delivery held for an edge slot
+        (worker.lookahead) spends its wait out of its own timeout, whose clock starts there.
+        """
         with job_trace(properties, queue=self._settings.queue, body_size=len(body)) as trace:
-            outcome = self._handle_delivery(body, properties, trace.reply_route(route), trace.log_fields)
+            outcome = self._handle_delivery(body, properties, trace.reply_route(route), trace.log_fields, received_at)
             trace.finish(outcome.status, code=outcome.dead_letter.code if outcome.dead_letter else None)
             return outcome
 
-    def _handle_delivery(self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str]) -> Outcome:
+    def _handle_delivery(
+        self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str], received_at: float | None
+    ) -> Outcome:
         """Process one delivery to its outcome. Never raises: a bug hands the delivery back.
 
         Every call ends with exactly one `job_finished` line and one metrics.job_finished (the in-progress
@@ -151,7 +160,7 @@ class JobRunner:
         with self._calls_cond:
             self._calls.add(call)
         try:
-            outcome = self._handle(body, properties, route, bound)
+            outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
             if isinstance(exc, Abandoned) or self._stopping.is_set():
                 bound.info("job_abandoned", reason="worker exiting; the request was handed back")
@@ -178,7 +187,7 @@ class JobRunner:
         call.bound = bound
         call.finish(status=status, duration_s=duration_s, **fields)
 
-    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any) -> Outcome:
+    def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any, received_at: float) -> Outcome:
         content_type = getattr(properties, "content_type", None)
         pattern = self._settings.reply_to_pattern
         if route.reply_to is not None and pattern is not None and pattern.fullmatch(route.reply_to) is None:
@@ -204,10 +213,10 @@ class JobRunner:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
         if key is None:
-            return self._handle_request(body, properties, route, request, key=None, bound=bound)
+            return self._in_slot(body, properties, route, request, key=None, bound=bound, received_at=received_at)
         owned = self._claim(key, request, bound)
         try:
-            return self._handle_request(body, properties, route, request, key=key, bound=bound)
+            return self._in_slot(body, properties, route, request, key=key, bound=bound, received_at=received_at)
         finally:
             if owned:
                 self._release(key)
@@ -262,14 +271,51 @@ class JobRunner:
         if done is not None:
             done.set()
 
+    # -- an edge slot (worker.concurrency of them; worker.lookahead more deliveries wait here) ---------
+
+    def _in_slot(
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
+    ) -> Outcome:
+        """Wait (decoded) for an edge slot, up to the request's timeout counted from its receipt, then run."""
+        slot = SlotHold(self._slots)
+        if not slot.take(received_at + self._settings.timeout_s(request)):
+            waited = time.monotonic() - received_at
+            held = JobTimeout(f"the request's timeout passed while it waited {waited:.3f} s for a free edge slot")
+            return self._error_outcome(route, request, None, held, bound, started=received_at)
+        try:
+            return self._handle_request(
+                body, properties, route, request, key=key, bound=bound, received_at=received_at, slot=slot
+            )
+        finally:
+            slot.release()
+
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
     def _handle_request(
-        self, body: bytes, properties: Any, route: ReplyRoute, request: JobRequest, *, key: str | None, bound: Any
+        self,
+        body: bytes,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        bound: Any,
+        received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         tracked = self._crashes.record_delivery(key, body)
         try:
-            return self._handle_tracked(tracked, properties, route, request, key=key, body=body, bound=bound)
+            return self._handle_tracked(
+                tracked, properties, route, request, key=key, body=body, bound=bound, received_at=received_at, slot=slot
+            )
         finally:
             self._crashes.done(tracked)
 
@@ -283,6 +329,8 @@ class JobRunner:
         key: str | None,
         body: bytes,
         bound: Any,
+        received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         entry = tracked.entry
         if entry is not None and entry.reply is not None and key is not None:
@@ -315,7 +363,16 @@ class JobRunner:
             tracked,
             deliveries=deliveries,
             bound=bound,
-            work=lambda: self._run(request, route, key=journal_key, resume_id=resume_id, submits=submits, bound=bound),
+            work=lambda: self._run(
+                request,
+                route,
+                key=journal_key,
+                resume_id=resume_id,
+                submits=submits,
+                bound=bound,
+                received_at=received_at,
+                slot=slot,
+            ),
         )
 
     def _delivery_count(self, properties: Any, journal_count: int) -> int:
@@ -337,9 +394,20 @@ class JobRunner:
         resume_id: str | None,
         submits: int,
         bound: Any,
+        received_at: float,
+        slot: SlotHold,
     ) -> Outcome:
         started = time.monotonic()
-        deadline = started + self._settings.timeout_s(request)
+        deadline = received_at + self._settings.timeout_s(request)
+        if started >= deadline:
+            # Held (worker.lookahead) until its timeout passed: it never reaches the edge, not even for a
+            # cancel, so that its outcome comes within receipt + timeout and the consumer timeout holds.
+            held = JobTimeout(
+                f"the request's timeout passed while it waited {started - received_at:.3f} s for a free slot"
+            )
+            return self._error_outcome(
+                route, request, None, held, bound, started=received_at, key=key, job_id=resume_id
+            )
         job: EdgeJob | None = None
         results: EdgeResults | None = None
         job_id = resume_id
@@ -387,9 +455,13 @@ class JobRunner:
         except JobTimeout as exc:
             if job_id is not None:
                 self._cancel(job_id, bound)
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         except JobError as exc:
+            slot.release()
             return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+        # The edge job has ended: the next job may be submitted while this one's results and reply are made.
+        slot.release()
 
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._follower.fetch_results(job_id, deadline, bound)
