@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pika
 import pytest
+import structlog
+import structlog.testing
 
 from tests.conftest import GRPC_PORT, assert_spoke_only, edge_client
 from worker.edge import EdgeClient, Features, HttpEdgeClient
@@ -176,3 +178,84 @@ def test_a_chunked_request_over_the_edges_limits_is_refused_before_any_upload(
         finally:
             runner.stop()
             gate.stop()
+
+
+def finished_lines(logs: list[Any]) -> list[Any]:
+    return [line for line in logs if line["event"] == "job_finished"]
+
+
+def test_every_path_through_the_runner_writes_one_job_finished_and_brings_the_gauge_back(tmp_path: Path) -> None:
+    """The paths a broker-level test cannot reach: the delivery limit and the worker's own failure."""
+    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.01, capacity=4)) as emulator:
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        gate = EdgeGate(client)
+        journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
+        metrics = Metrics()
+        runner = JobRunner(
+            edge=client, gate=gate, journal=journal, settings=job_settings(upload="embedded"), metrics=metrics
+        )
+        rig = Rig(runner, journal, client, emulator)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                limited = rig.deliver("limit", b"x", delivery_count=5)  # over delivery_limit 3
+                journal.close()  # the next delivery fails in the worker itself: the journal is gone
+                broken = rig.deliver("broken", b"y")
+            assert limited.status == "ERROR" and limited.dead_letter is not None
+            assert limited.dead_letter.code == "DELIVERY_LIMIT"
+            assert broken.status == "REQUEUED" and broken.requeue
+            assert [(line["message_id"], line["status"]) for line in finished_lines(logs)] == [
+                ("limit", "ERROR"),
+                ("broken", "REQUEUED"),
+            ]
+            assert metrics.registry.get_sample_value("edge_worker_jobs_in_progress") == 0
+            assert metrics.registry.get_sample_value("edge_worker_requests_received_total") == 2
+        finally:
+            runner.stop()
+            gate.stop()
+            journal.close()
+
+
+def test_a_chunk_an_older_gateway_refuses_ends_edge_rejected_naming_the_open_job(tmp_path: Path) -> None:
+    """Issue 9: the open job existed (and was cancelled), so the error reply carries its job_identifier."""
+    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4, gateway="v2.0")) as emulator:
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2, chunk_encoding="json")
+        gate = EdgeGate(client)
+        runner = JobRunner(
+            edge=client, gate=gate, journal=None, settings=job_settings(upload="chunked"), metrics=Metrics()
+        )
+        try:
+            props = pika.BasicProperties(message_id="chunked", content_type="application/msgpack")
+            body = msgpack.packb({"model": SHA_MODEL, "sources": {"s": {"i": b"chunk me"}}}, use_bin_type=True)
+            outcome = runner.handle(body, props, route_from_properties(props))
+            assert outcome.reply is not None
+            reply = msgpack.unpackb(outcome.reply, raw=False)
+            assert reply["status"] == "ERROR" and reply["error"]["code"] == "EDGE_REJECTED", reply
+            jobs = emulator.stats()["jobs"]
+            assert len(jobs) == 1
+            assert reply["job_identifier"] == jobs[0]["id"]
+        finally:
+            runner.stop()
+            gate.stop()
+
+
+def test_a_reply_over_max_message_bytes_is_journaled_as_reply_too_large(tmp_path: Path) -> None:
+    with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=4)) as emulator:
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        gate = EdgeGate(client)
+        journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
+        settings = replace(job_settings(upload="embedded"), max_message_bytes=4096)
+        runner = JobRunner(edge=client, gate=gate, journal=journal, settings=settings, metrics=Metrics())
+        try:
+            props = pika.BasicProperties(message_id="big", content_type="application/msgpack")
+            sources = {f"s{n}": {"i": b"%d" % n} for n in range(40)}
+            body = msgpack.packb({"model": SHA_MODEL, "sources": sources}, use_bin_type=True)
+            outcome = runner.handle(body, props, route_from_properties(props))
+            assert outcome.status == "ERROR" and outcome.reply is not None and len(outcome.reply) <= 4096
+            entry = journal.get("big")
+            assert entry is not None and entry.reply == outcome.reply  # the fallback is what a replay sends
+            reply = msgpack.unpackb(outcome.reply, raw=False)
+            assert reply["error"]["code"] == "REPLY_TOO_LARGE" and reply["completed"] == 40
+        finally:
+            runner.stop()
+            gate.stop()
+            journal.close()

@@ -30,6 +30,8 @@ class AmqpConfig:
     delivery_limit: int = 5
     declare: bool = True
     heartbeat: int = 30
+    max_message_bytes: int = 16777216  # the largest reply published (RabbitMQ 4's default max_message_size)
+    reply_to_pattern: str = ""  # a regular expression every reply_to must match in full; empty: any queue
     # Not in the contract's list: the broker's consumer timeout (RabbitMQ's `consumer_timeout`, 30 min by
     # default). The worker refuses a job timeout that could hold a delivery unacknowledged longer.
     consumer_timeout: int = 1800
@@ -223,6 +225,15 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"amqp.queue_type: expected 'quorum' or 'classic', got {a.queue_type!r}")
     _check_range("amqp.delivery_limit", a.delivery_limit, 1, 1000)
     _check_range("amqp.heartbeat", a.heartbeat, 0, 3600)
+    # A reply of ours without results is well under 4 KiB; RabbitMQ refuses a max_message_size above 512 MiB.
+    _check_range("amqp.max_message_bytes", a.max_message_bytes, 4096, 536870912)
+    if a.reply_to_pattern:
+        try:
+            re.compile(a.reply_to_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"amqp.reply_to_pattern: not a regular expression ({exc}): {a.reply_to_pattern!r}"
+            ) from None
     _check_range("amqp.consumer_timeout", a.consumer_timeout, 60, 7 * 86400)
     for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         value = getattr(a, key)
