@@ -67,6 +67,7 @@ class WorkerConfig:
     lookahead: int = 2
     state_dir: str = "/var/lib/edge-worker"
     journal_retention: int = 86400
+    journal_max_bytes: int = 268_435_456
     drain_timeout: float = 60.0
     max_request_bytes: int = 67_108_864
     # Not in the contract's list: how long start-up waits for the broker and the edge before exit 69.
@@ -266,6 +267,15 @@ def _validate(config: Config) -> None:
     # At least a minute: a finished reply must outlive its own publish retries (README, "Replies the broker
     # refuses"), or a redelivery would run the job again.
     _check_range("worker.journal_retention", w.journal_retention, 60, 365 * 86400)
+    # The journal keeps final replies of up to amqp.max_message_bytes each; eviction starts at 80 % of the cap
+    # and a reply in flight also passes through the WAL, so a cap under a few replies could not hold one.
+    _check_range("worker.journal_max_bytes", w.journal_max_bytes, 1 << 20, 1 << 40)
+    if w.journal_max_bytes < 4 * a.max_message_bytes:
+        raise ConfigError(
+            f"worker.journal_max_bytes: {w.journal_max_bytes} is less than 4 x amqp.max_message_bytes "
+            f"({a.max_message_bytes}): the journal could not hold a few of the largest replies; raise it or lower "
+            "amqp.max_message_bytes"
+        )
     _check_range("worker.drain_timeout", w.drain_timeout, 0, 86400)
     _check_range("worker.max_request_bytes", w.max_request_bytes, 1024, 1 << 34)
     _check_range("worker.startup_timeout", w.startup_timeout, 0, 3600)
