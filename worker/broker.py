@@ -313,7 +313,7 @@ class BrokerLink:
 
     def _close_connection(self, reason: str, *, force: bool = False) -> None:
         connection = self._connection
-        if connection is None or connection.is_closed:
+        if self._closing or connection is None or connection.is_closed or (connection.is_closing and not force):
             return
         log.warning("broker_reconnecting", reason=reason)
         self._abort_reason = self._abort_reason or reason
@@ -453,12 +453,9 @@ class BrokerLink:
             return
         self._closing = True
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
-            if connection.is_open:
-                connection.close()
-            else:
-                self._ioloop.stop()
-        else:
+        if connection is not None and connection.is_open:
+            connection.close()
+        else:  # none, or still opening (pika 1.x has no is_opening: that check raised AttributeError)
             self._ioloop.stop()
 
 
