@@ -152,7 +152,6 @@ class Watch:
 
     confirm_timeout_s: float
     step_bound_s: float
-    idle_bound_s: float = CONSUMER_WATCHDOG_S
     step: str = ""
     step_started: float = 0.0
     last_delivery: float = field(default_factory=time.monotonic)
@@ -177,7 +176,7 @@ class Watch:
             return f"setup step {self.step!r} did not finish within {self.step_bound_s:g} s"
         if oldest_unconfirmed_s > self.confirm_timeout_s:
             return f"confirm timeout: a publish waited {oldest_unconfirmed_s:.0f} s for the broker's confirm"
-        if self.ready_seen_since is not None and now - self.ready_seen_since > self.idle_bound_s:
+        if self.ready_seen_since is not None and now - self.ready_seen_since > CONSUMER_WATCHDOG_S:
             idle = now - self.ready_seen_since
             return f"consumer idle: nothing delivered for {idle:.0f} s while the queue had ready messages"
         return None
