@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +21,17 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from worker.backoff import backoff_delay
-from worker.broker_setup import QueuePlan, connection_parameters, describe_error, root_cause, setup_step_bound
-from worker.broker_watch import WATCH_TICK_S, Confirms, Watch, force_close, size_refusal
+from worker.broker_setup import (
+    QueuePlan,
+    connection_parameters,
+    describe_error,
+    root_cause,
+    setup_error,
+    setup_step_bound,
+)
+from worker.broker_watch import WATCH_TICK_S, Confirms, ReadyProbe, Watch, force_close, size_refusal
 from worker.config import AmqpConfig, broker_urls, describe_url
-from worker.errors import ConfigError, QueueMismatch
+from worker.errors import ConfigError
 
 log = structlog.get_logger("worker.broker")
 
@@ -73,13 +79,15 @@ class BrokerLink:
         self._connection: pika.SelectConnection | None = None
         self._consume_channel: Any = None
         self._publish_channel: Any = None
-        self._probe_channel: Any = None
         self._consumer_tag: str | None = None
         self._consume_ok = False
         self._outstanding: set[int] = set()  # delivery tags on the consume channel not yet acked or nacked
         self._want_consuming = True
         self._confirms = Confirms()
         self._watch = Watch(confirm_timeout_s=amqp.confirm_timeout, step_bound_s=setup_step_bound(amqp))
+        self._ready_probe = ReadyProbe(
+            self._plan.queue, on_count=self._watch.ready_count, on_gone=self._close_connection
+        )
         self._attempt = 0
         self._closing = False
         self._ready = False
@@ -143,7 +151,7 @@ class BrokerLink:
         self._connection = None
         self._consume_channel = None
         self._publish_channel = None
-        self._probe_channel = None
+        self._ready_probe.reset()
         self._consumer_tag = None
         self._consume_ok = False
         self._blocked = None
@@ -212,19 +220,8 @@ class BrokerLink:
             return
         name = self._declaring
         text = getattr(reason, "reply_text", str(reason))
-        if code == 406:
-            error: Exception = QueueMismatch(
-                f"queue {name!r} exists with other arguments than configured: wanted durable with "
-                f"{self._plan.arguments[name]}; the broker answered: {text}. Delete the queue or change "
-                "the amqp.* settings to match it"
-            )
-        elif code == 404:
-            error = ConfigError(
-                f"queue {name!r} does not exist and amqp.declare is false: declare it, or set amqp.declare = true"
-            )
-        elif code in (403, 530):
-            error = ConfigError(f"queue {name!r}: access refused by the broker: {text}")
-        else:
+        error = setup_error(self._plan, name, code, text)
+        if error is None:
             self._close_connection(f"setup channel closed: {code} {text}")
             return
         if self.connections_made == 0:
@@ -341,32 +338,7 @@ class BrokerLink:
             return
         consuming = self._consume_ok and self._consumer_tag is not None
         if consuming and self._watch.wants_ready_probe(has_room=len(self._outstanding) < self._prefetch):
-            self._ask_ready_count(connection)
-
-    def _ask_ready_count(self, connection: Any) -> None:
-        asked_at = time.monotonic()
-
-        def answered(frame: Any) -> None:
-            self._watch.ready_count(int(frame.method.message_count), asked_at)
-
-        channel = self._probe_channel
-        if channel is not None and channel.is_open:
-            channel.queue_declare(queue=self._plan.queue, passive=True, callback=answered)
-            return
-
-        def opened(new: Any) -> None:
-            self._probe_channel = new
-            new.add_on_close_callback(self._on_probe_channel_closed)
-            new.queue_declare(queue=self._plan.queue, passive=True, callback=answered)
-
-        self._probe_channel = None
-        connection.channel(on_open_callback=opened)
-
-    def _on_probe_channel_closed(self, channel: Any, reason: BaseException) -> None:
-        if channel is self._probe_channel:
-            self._probe_channel = None
-        if getattr(reason, "reply_code", None) == 404:
-            self._close_connection(f"queue {self._plan.queue!r} is gone")
+            self._ready_probe.ask(connection)
 
     # -- consuming ---------------------------------------------------------------------------------
 
@@ -459,12 +431,4 @@ class BrokerLink:
             self._ioloop.stop()
 
 
-__all__ = [
-    "BrokerLink",
-    "Confirms",
-    "Delivery",
-    "QueuePlan",
-    "connection_parameters",
-    "describe_error",
-    "root_cause",
-]
+__all__ = ["BrokerLink", "Confirms", "Delivery", "QueuePlan", "connection_parameters", "describe_error", "root_cause"]

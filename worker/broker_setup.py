@@ -14,6 +14,7 @@ import pika.exceptions
 from pika.adapters.utils import connection_workflow
 
 from worker.config import AmqpConfig
+from worker.errors import ConfigError, QueueMismatch
 
 # How long the broker may keep us blocked (memory or disk alarm) before we drop the connection and try
 # another URL: publishing is impossible meanwhile, and so is acknowledging (acks wait for confirms). A publish
@@ -71,6 +72,23 @@ def connection_parameters(amqp: AmqpConfig, url: str) -> pika.URLParameters:
             context.verify_mode = ssl.CERT_NONE
         params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
     return params
+
+
+def setup_error(plan: QueuePlan, name: str, code: int | None, text: str) -> Exception | None:
+    """What a queue declare refused by the broker means (406, 404, 403), naming the queue; None for another code."""
+    if code == 406:
+        return QueueMismatch(
+            f"queue {name!r} exists with other arguments than configured: wanted durable with "
+            f"{plan.arguments[name]}; the broker answered: {text}. Delete the queue or change "
+            "the amqp.* settings to match it"
+        )
+    if code == 404:
+        return ConfigError(
+            f"queue {name!r} does not exist and amqp.declare is false: declare it, or set amqp.declare = true"
+        )
+    if code in (403, 530):
+        return ConfigError(f"queue {name!r}: access refused by the broker: {text}")
+    return None
 
 
 def setup_step_bound(amqp: AmqpConfig) -> float:

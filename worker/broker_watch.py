@@ -199,6 +199,43 @@ class Watch:
             self.ready_seen_since = asked_at
 
 
+class ReadyProbe:
+    """The request queue's ready count, asked with a passive declare on a channel of its own (kept open)."""
+
+    def __init__(self, queue: str, *, on_count: Callable[[int, float], None], on_gone: Callable[[str], None]) -> None:
+        self._queue = queue
+        self._on_count = on_count
+        self._on_gone = on_gone
+        self._channel: Any = None
+
+    def reset(self) -> None:
+        self._channel = None
+
+    def ask(self, connection: Any) -> None:
+        asked_at = time.monotonic()
+
+        def answered(frame: Any) -> None:
+            self._on_count(int(frame.method.message_count), asked_at)
+
+        if self._channel is not None and self._channel.is_open:
+            self._channel.queue_declare(queue=self._queue, passive=True, callback=answered)
+            return
+
+        def opened(channel: Any) -> None:
+            self._channel = channel
+            channel.add_on_close_callback(self._closed)
+            channel.queue_declare(queue=self._queue, passive=True, callback=answered)
+
+        self._channel = None
+        connection.channel(on_open_callback=opened)
+
+    def _closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is self._channel:
+            self._channel = None
+        if getattr(reason, "reply_code", None) == 404:
+            self._on_gone(f"queue {self._queue!r} is gone")
+
+
 def force_close(connection: Any, reason: str) -> None:
     """Drop the TCP connection at once, without the AMQP close handshake.
 
