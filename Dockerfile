@@ -1,9 +1,19 @@
-# syntax=docker/dockerfile:1
-#
 # edge-worker container image.
 #
-#   docker build -t edge-worker:dev .
+# The build needs BuildKit (the RUN --mount lines): Docker 23 and newer use it by default; with
+# Docker 20.10 (Debian 12's docker.io) set DOCKER_BUILDKIT=1, or use `docker buildx build`.
+# No `# syntax=` line on purpose: the frontend built into BuildKit handles this whole file, and a
+# syntax line would make every build fetch a frontend image from Docker Hub first.
+#
+#   DOCKER_BUILDKIT=1 docker build -t edge-worker:dev .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/edge-worker:0.1.0 --push .
+#
+# Behind a proxy or with a package mirror, pip in the builder is told where to go and what CA to
+# trust; neither ends up in the image:
+#   --build-arg PIP_INDEX_URL=https://mirror.example/simple     (pip's index)
+#   --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt   (a CA bundle pip trusts)
+#   --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt     (or a bundle already in the base)
+# Another base (a local mirror of python:3.11-slim-bookworm): --build-arg PYTHON_IMAGE=...
 #
 # Multi-arch: nothing here downloads a binary for one architecture. Each platform's builder stage
 # runs on that platform (under QEMU with buildx when it is not the host's), so pip picks the
@@ -27,6 +37,11 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1
 
+# Where pip gets packages from and which CA it trusts (see the header). Build arguments are seen by
+# this stage's RUN lines only; the runtime stage copies the venv, not them.
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CERT=
+
 # The same path as on a device (docs/operations-systemd.md), because a venv cannot be moved.
 RUN python -m venv /opt/edge-worker/venv
 
@@ -36,8 +51,12 @@ COPY worker/ ./worker/
 
 # A regular (not editable) install builds the wheel and compiles the .pyc files here, so the
 # running container never writes bytecode. pip and setuptools are only needed to build: removed.
+# With the grpc extra (issue 9): what the edge client needs for the edge server's gRPC API.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/edge-worker/venv/bin/pip install /src \
+    --mount=type=secret,id=pip_ca \
+    if [ -f /run/secrets/pip_ca ]; then PIP_CERT=/run/secrets/pip_ca; fi \
+    && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
+    && /opt/edge-worker/venv/bin/pip install "/src[grpc]" \
     && /opt/edge-worker/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/edge-worker/venv/bin/edge-worker --help > /dev/null
 
@@ -51,10 +70,14 @@ LABEL org.opencontainers.image.title="edge-worker" \
 # tini as PID 1: it forwards SIGTERM to the worker (which then drains) and reaps zombies.
 # Not version-pinned: Debian's stable archive only takes security fixes, and the exact version
 # string differs between architectures (binNMUs), which would break the multi-arch build.
+# The layer is cleaned explicitly (package lists, downloaded .debs, apt's caches, its logs) so
+# its size does not depend on whether the base image's apt is configured to clean up after itself.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends tini \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt \
+       /var/log/dpkg.log
 
 # A fixed, numeric, unprivileged identity: volumes can be prepared for it (chown 10001:10001) and
 # orchestrators can check it is not root without reading /etc/passwd.

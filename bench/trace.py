@@ -69,7 +69,7 @@ def run_traced_worker(out_path: str) -> int:
     service.Daemon._work = work  # type: ignore[method-assign]
     wrap(broker.BrokerLink, "_deliver", "deliver", lambda s, ch, m, p, b: p.message_id, after=False)
     wrap(service.Daemon, "_complete", "complete", lambda s, e, o: e.key, after=False)
-    wrap(edge.EdgeClient, "_request_once", "http", None, after=True)
+    wrap(edge.HttpEdgeClient, "_request_once", "http", None, after=True)
     wrap(jobs.JobRunner, "_pause", "pause", None, after=True)
     wrap(broker.BrokerLink, "publish", "publish", lambda s, **k: k["properties"].correlation_id, after=False)
 

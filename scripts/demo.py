@@ -1,4 +1,4 @@
-"""Publish a few sample requests to a running worker and print their replies as they arrive."""
+"""Publish a few sample requests to a running worker with worker.client and print the replies as they arrive."""
 
 from __future__ import annotations
 
@@ -7,81 +7,77 @@ import os
 import sys
 from typing import Any
 
+import msgpack
 import pika
 
-from worker.client import EdgeWorkerClient
+from worker.client import EdgeWorkerClient, Job, JobError
 
 URL = os.environ.get("EDGE_WORKER_AMQP__URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 QUEUE = os.environ.get("EDGE_WORKER_AMQP__QUEUE", "edge.jobs")
+GARBAGE = "garbage (not msgpack)"
 
 
-def describe(reply: dict[str, Any]) -> str:
-    line = f"  status={reply['status']} final={reply['final']} job={reply['job_identifier']}"
-    for source, output in (reply.get("results") or {}).items():
+def describe(job: Job) -> str:
+    line = f"  status={job.status} final={job.final} job={job.job_identifier}"
+    for source, output in job.results.items():
         for key, info in (output.get("inputs") or {}).items():
             line += f"\n    {source}/{key}: {info['size']} bytes, sha256 {info['sha256'][:16]}..."
-    if reply.get("error"):
-        line += f"\n    error {reply['error']['code']}: {reply['error']['message']}"
+    try:
+        job.raise_for_error()
+    except JobError as exc:
+        line += f"\n    {type(exc).__name__} {exc.code}: {exc.message}"
     return line
 
 
 def main() -> int:
     image = os.urandom(64 * 1024)
-    samples: list[tuple[str, dict[str, Any] | bytes]] = [
-        (
-            "two cameras, bytes",
-            {
-                "model": {"identifier": "sha256", "version": "1.0.0"},
-                "sources": {"cam-1": {"image": image}, "cam-2": {"image": image[::-1]}},
-            },
-        ),
-        ("text job, string model", {"model": "sha256", "version": "1.0.0", "sources": {"input.txt": "hello edge"}}),
-        (
-            "explain, with request_id",
-            {
-                "model": {"identifier": "ed542963de", "version": "1.0.1"},
-                "explain": True,
-                "request_id": "demo-42",
-                "sources": {"doc": {"input.txt": "explain me"}},
-            },
-        ),
-        ("unknown model", {"model": {"identifier": "nope", "version": "0.0.1"}, "sources": {"x": b"\x00"}}),
-        ("garbage (not msgpack)", b"\xc1 this is not msgpack"),
-    ]
+    expected = {"unknown model": "ERROR", GARBAGE: "REJECTED"}
     print(f"expected sha256 of cam-1/image: {hashlib.sha256(image).hexdigest()[:16]}...")
     failures = 0
     with EdgeWorkerClient(URL, queue=QUEUE) as client:
-        pending = {}
-        for name, request in samples:
-            if isinstance(request, bytes):
-                # Raw garbage, published with plain pika: the worker must reject it, not choke on it.
-                _publish_raw(request, _props(client, name))
-                pending[name] = name
-            else:
-                pending[name] = client.publish(request, correlation_id=name)
-        for name, correlation_id in pending.items():
-            reply = client.wait(correlation_id, timeout_s=30)
-            print(f"{name}:\n{describe(reply)}")
-            expected = {"unknown model": "ERROR", "garbage (not msgpack)": "REJECTED"}.get(name, "COMPLETE")
-            failures += reply["status"] != expected
+        jobs = {
+            "two cameras, bytes": client.jobs.submit_embedded(
+                "sha256", "1.0.0", {"cam-1": {"image": image}, "cam-2": {"image": image[::-1]}}
+            ),
+            "text job, one-level sources": client.jobs.submit_text("sha256", "1.0.0", {"input.txt": "hello edge"}),
+            "explain, with request_id": client.jobs.submit_text(
+                "ed542963de", "1.0.1", {"doc": {"input.txt": "explain me"}}, True, request_id="demo-42"
+            ),
+            "unknown model": client.jobs.submit_embedded("nope", "0.0.1", {"x": b"\x00"}),
+        }
+        names = {job.correlation_id: name for name, job in jobs.items()}
+        print(f"published {len(jobs)} requests (confirmed); replies in order of arrival:")
+        for final in client.jobs.as_completed(jobs.values(), timeout=30):
+            name = names[final.correlation_id]
+            print(f"{name}:\n{describe(final)}")
+            failures += final.status != expected.get(name, "COMPLETE")
+    garbage = _garbage_reply()  # no client method publishes bytes that are not a request: plain pika
+    print(f"{GARBAGE}:\n  status={garbage['status']} error {garbage['error']['code']}: {garbage['error']['message']}")
+    failures += garbage["status"] != expected[GARBAGE]
     print("all replies arrived" if not failures else f"{failures} replies were not what the demo expected")
     return 1 if failures else 0
 
 
-def _publish_raw(body: bytes, props: Any) -> None:
+def _garbage_reply() -> dict[str, Any]:
+    """Publish bytes that are not msgpack with plain pika: the worker must reject them, not choke on them."""
     connection = pika.BlockingConnection(pika.URLParameters(URL))
-    connection.channel().basic_publish("", QUEUE, body, props)
-    connection.close()
-
-
-def _props(client: EdgeWorkerClient, name: str) -> Any:
-    return pika.BasicProperties(
-        content_type="application/msgpack",
-        correlation_id=name,
-        message_id=name + "-raw",
-        reply_to=client.reply_queue,
-        delivery_mode=2,
-    )
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        reply_queue = channel.queue_declare("", exclusive=True).method.queue
+        props = pika.BasicProperties(
+            content_type="application/msgpack", message_id="demo-garbage", reply_to=reply_queue, delivery_mode=2
+        )
+        channel.basic_publish("", QUEUE, b"\xc1 this is not msgpack", props, mandatory=True)
+        for _method, _props, body in channel.consume(reply_queue, auto_ack=True, inactivity_timeout=30):
+            if body is None:
+                raise TimeoutError("no reply to the garbage request within 30 s")
+            reply: dict[str, Any] = msgpack.unpackb(body, raw=False)
+            if reply.get("final"):
+                return reply
+        raise AssertionError("unreachable")
+    finally:
+        connection.close()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/node-deps.sh   # Node.js and the locked npm packages the AsyncAPI and Node.js producer tests use
 
 # Tools some tests drive for real: stunnel (a TLS front for the broker) and systemd-analyze (the unit).
 missing=""

@@ -380,8 +380,13 @@ def test_reply_keys_and_headers_a_real_worker_publishes_are_the_documents(
 
 def test_schemas_accept_the_requests_the_worker_accepts_and_refuse_what_it_rejects() -> None:
     """The request schema against requests the worker's own decoder accepts or rejects (no broker needed)."""
+    import msgpack
+
     from worker.errors import InvalidRequest
-    from worker.messages import request_from_map
+    from worker.messages import decode_request
+
+    def request_from_map(request: object) -> None:
+        decode_request(msgpack.packb(request, use_bin_type=True), None, max_request_bytes=1 << 20)
 
     good = [
         TWO_SOURCES,

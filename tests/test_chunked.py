@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import threading
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from tests.conftest import Producer, ReplyCollector
-from worker.edge import EdgeClient
+from worker.edge import HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 
 CHUNK = 1000  # the emulator reports "1K"; the client takes the smaller reading, 1000 bytes
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
 
 
+def _small_chunk_config(**kwargs: Any) -> EmulatorConfig:
+    return EmulatorConfig(port=0, latency_s=0.0, capacity=0, chunk_size="1K", chunk_size_bytes=CHUNK, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def small_chunk_edge() -> Iterator[EdgeEmulator]:
-    emu = EdgeEmulator(EmulatorConfig(port=0, latency_s=0.0, capacity=0, chunk_size="1K", chunk_size_bytes=CHUNK))
+    emu = EdgeEmulator(_small_chunk_config())
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def old_gateway_edge() -> Iterator[EdgeEmulator]:
+    """The HTTP face as a grpc-gateway older than v2.10.1: a base64 string chunk is refused."""
+    emu = EdgeEmulator(_small_chunk_config(gateway="v2.0.1"))
     emu.start()
     yield emu
     emu.stop()
@@ -38,7 +55,7 @@ def _job_record(emu: EdgeEmulator, job_id: str) -> dict[str, Any]:
 def test_chunked_upload_is_byte_identical_around_the_chunk_size(
     small_chunk_edge: EdgeEmulator, size: int, encoding: str
 ) -> None:
-    edge = EdgeClient(base_url=small_chunk_edge.url, request_timeout_s=10, max_attempts=2, chunk_encoding=encoding)
+    edge = HttpEdgeClient(base_url=small_chunk_edge.url, request_timeout_s=10, max_attempts=2, chunk_encoding=encoding)
     data = os.urandom(size)
     before = small_chunk_edge.stats()["calls"].get("chunk", 0)
     job = edge.submit_chunked(model_id="sha256", version="1.0.0", sources={"cam": {"image": data}}, explain=False)
@@ -93,3 +110,115 @@ def test_embedded_job_over_the_gateway_limit_is_refused_with_429(
     reply = collector.wait_finals(2, timeout_s=60)[mid][0]
     assert reply["status"] == "COMPLETE"
     assert reply["results"]["job"]["inputs"]["big"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+# -- chunk_encoding = "auto" against both gateway generations --------------------------------------------
+
+
+def _upload(edge: HttpEdgeClient, data: bytes) -> str:
+    job = edge.submit_chunked(model_id="sha256", version="1.0.0", sources={"cam": {"image": data}}, explain=False)
+    return job.job_identifier
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_auto_upload_to_an_older_gateway_switches_once_and_is_byte_identical(
+    old_gateway_edge: EdgeEmulator, size: int
+) -> None:
+    edge = HttpEdgeClient(base_url=old_gateway_edge.url, request_timeout_s=10, max_attempts=2)
+    expected_chunks = max(1, math.ceil(size / CHUNK))
+    for upload in range(2):
+        data = os.urandom(size)
+        before = old_gateway_edge.stats()
+        job_id = _upload(edge, data)
+        after = old_gateway_edge.stats()
+        refused = after["chunks_refused"] - before["chunks_refused"]
+        assert refused == (1 if upload == 0 else 0)  # the first string chunk, once per client and edge
+        assert after["chunks_appended"] - before["chunks_appended"] == expected_chunks
+        assert after["calls"]["chunk"] - before["calls"].get("chunk", 0) == expected_chunks + refused
+        record = _job_record(old_gateway_edge, job_id)
+        assert record["inputs"]["cam"]["image"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+        assert edge.chunk_form == "bytes-array"
+
+
+class _RecordingFront:
+    """A pass-through HTTP front that keeps each chunk body it forwards: what the edge saw on the wire."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.chunk_bodies: list[bytes] = []
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "POST" and self.path.count("/") == 5:  # /api/jobs/{id}/{source}/{input}
+                    front.chunk_bodies.append(body)
+                request = urllib.request.Request(
+                    front.backend + self.path,
+                    data=body if self.command == "POST" else None,
+                    method=self.command,
+                    headers={"Content-Type": self.headers.get("Content-Type") or "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        status, raw = answer.status, answer.read()
+                except urllib.error.HTTPError as error:
+                    status, raw = error.code, error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_auto_upload_to_a_newer_gateway_never_sends_a_byte_array(small_chunk_edge: EdgeEmulator, size: int) -> None:
+    front = _RecordingFront(small_chunk_edge.url)
+    try:
+        edge = HttpEdgeClient(base_url=front.url, request_timeout_s=10, max_attempts=2)
+        data = os.urandom(size)
+        before = small_chunk_edge.stats()["chunks_refused"]
+        record = _job_record(small_chunk_edge, _upload(edge, data))
+        assert record["inputs"]["cam"]["image"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+        assert small_chunk_edge.stats()["chunks_refused"] == before
+        assert len(front.chunk_bodies) == max(1, math.ceil(size / CHUNK))
+        assert all(isinstance(json.loads(body), str) for body in front.chunk_bodies)
+        assert edge.chunk_form == "json"
+    finally:
+        front.stop()
+
+
+def test_worker_in_auto_mode_completes_chunked_jobs_on_an_older_gateway_and_says_so_once(
+    old_gateway_edge: EdgeEmulator, worker_factory: Any, producer: Producer, collector: ReplyCollector
+) -> None:
+    worker = worker_factory(old_gateway_edge.url, edge__embed_limit=CHUNK - 2, worker__concurrency=1).start()
+    inputs = [os.urandom(3 * CHUNK + 7), os.urandom(CHUNK + 1)]
+    ids = [
+        producer.publish({"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"big": data}})
+        for data in inputs
+    ]
+    finals = collector.wait_finals(2, timeout_s=60)
+    for mid, data in zip(ids, inputs, strict=True):
+        reply = finals[mid][0]
+        assert reply["status"] == "COMPLETE", reply
+        assert reply["results"]["job"]["inputs"]["big"]["sha256"] == hashlib.sha256(data).hexdigest()
+    [learned] = worker.events("edge_chunk_encoding_learned")
+    assert learned["chunk_encoding"] == "bytes-array"
+    assert worker.terminate() == 0

@@ -307,6 +307,42 @@ def test_healthcheck_exits_0_when_broker_and_edge_answer_and_1_naming_the_one_th
     assert "broker" not in sick.stdout
 
 
+def test_check_config_prints_a_grpc_edge_url(empty_config: Path) -> None:
+    pytest.importorskip("grpc")
+    result = run("check-config", "--config", str(empty_config), env={"EDGE_WORKER_EDGE__URL": "grpc://10.0.0.7:55000"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["edge"]["url"] == "grpc://10.0.0.7:55000"
+
+
+def test_healthcheck_over_grpc_asks_for_the_features_and_names_the_grpc_url_of_a_grpc_port(
+    broker_url: str, empty_config: Path
+) -> None:
+    pytest.importorskip("grpc")
+    from tests.grpc_stub import GrpcStub, Reply, StubServer
+    from worker._proto.jobs.v1 import jobs_pb2
+
+    stub = GrpcStub()
+    server = StubServer(stub)
+    server.start()
+    try:
+        stub.on("GetFeatures", Reply(jobs_pb2.JobFeatures(input_chunk_maximum_size="1M")))
+        env = {"EDGE_WORKER_AMQP__URL": broker_url, "EDGE_WORKER_EDGE__URL": stub.url}
+        healthy = run("healthcheck", "--config", str(empty_config), env=env)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert healthy.stdout.startswith(f"ok: broker and edge {stub.url} answer")
+        assert len(stub.seen("GetFeatures")) == 1
+        # The same port given as http://: the answer names the grpc:// URL to use instead.
+        env["EDGE_WORKER_EDGE__URL"] = f"http://{stub.target}"
+        wrong = run("healthcheck", "--config", str(empty_config), env=env)
+        assert wrong.returncode == 1
+        assert f'edge.url = "grpc://{stub.target}"' in wrong.stdout
+    finally:
+        server.stop()
+    gone = run("healthcheck", "--config", str(empty_config), env={**env, "EDGE_WORKER_EDGE__URL": stub.url})
+    assert gone.returncode == 1
+    assert f"edge {stub.url} unreachable" in gone.stdout
+
+
 def test_submit_to_a_missing_request_queue_says_so_without_a_traceback_or_the_payload(
     broker_url: str, queues: Queues, empty_config: Path
 ) -> None:
@@ -327,45 +363,3 @@ def test_submit_to_a_missing_request_queue_says_so_without_a_traceback_or_the_pa
     assert f"no queue {queues.queue!r}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "PAYLOAD-CANARY-77" not in result.stdout + result.stderr
-
-
-# -- the producer API behind `submit` -------------------------------------------------------------------
-
-
-def test_client_submit_embedded_returns_the_final_reply(
-    emulator: EdgeEmulator, worker_factory: Any, queues: Queues, broker_url: str
-) -> None:
-    from worker.client import EdgeWorkerClient
-
-    worker_factory(emulator.url).start()
-    with EdgeWorkerClient(broker_url, queue=queues.queue) as client:
-        reply = client.submit_embedded("sha256", "1.0.0", {"image": b"\x00\x01"}, True, timeout=10, request_id="c-1")
-        text = client.submit_text("sha256", "1.0.0", {"doc": {"t": "hi"}})
-        pending = client.submit_embedded("sha256", "1.0.0", {"s": {"i": b"x"}}, wait_s=None)
-        assert isinstance(pending, str)
-        later = client.wait(pending, timeout_s=10)
-    assert isinstance(reply, dict) and isinstance(text, dict)
-    assert (reply["status"], reply["request_id"], reply["explain"]) == ("COMPLETE", "c-1", True)
-    assert reply["results"]["job"]["inputs"]["image"]["sha256"] == hashlib.sha256(b"\x00\x01").hexdigest()
-    assert text["status"] == "COMPLETE"
-    assert later["status"] == "COMPLETE"
-    assert [job["input_type"] for job in emulator.stats()["jobs"]] == ["embedded", "text", "embedded"]
-
-
-def test_client_wait_times_out_without_a_reply(broker_url: str, queues: Queues) -> None:
-    from worker.client import EdgeWorkerClient, ReplyTimeout
-
-    with EdgeWorkerClient(broker_url, queue=queues.queue) as client, pytest.raises(ReplyTimeout):
-        client.wait("never-published", timeout_s=0.2)
-
-
-def test_client_publish_to_a_missing_queue_raises_and_keeps_the_body_out_of_logs(
-    broker_url: str, queues: Queues, caplog: pytest.LogCaptureFixture
-) -> None:
-    from worker.client import EdgeWorkerClient, RequestUnroutable
-
-    with EdgeWorkerClient(broker_url, queue=queues.queue) as client, pytest.raises(RequestUnroutable) as info:
-        client.publish({"model": "m", "version": "1", "sources": {"a": {"b": b"PAYLOAD-CANARY-88"}}})
-    assert repr(queues.queue) in str(info.value)
-    assert "PAYLOAD-CANARY-88" not in caplog.text
-    assert "returned" in caplog.text  # pika's warning is kept, without the body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_defaults_are_the_contracts() -> None:
     assert config.amqp.password == ""
     assert config.edge.url == "http://127.0.0.1:55000"
     assert (config.edge.job_timeout, config.edge.request_timeout, config.edge.max_attempts) == (600, 30, 5)
-    assert (config.edge.upload, config.edge.embed_limit, config.edge.chunk_encoding) == ("auto", 3_000_000, "json")
+    assert (config.edge.upload, config.edge.embed_limit, config.edge.chunk_encoding) == ("auto", 3_000_000, "auto")
     assert config.edge.api_key == ""
     assert (config.worker.concurrency, config.worker.state_dir) == (8, "/var/lib/edge-worker")
     assert (config.worker.journal_retention, config.worker.drain_timeout) == (86400, 60)
@@ -275,13 +276,19 @@ def test_wrong_type_in_the_environment_names_the_key(env: dict[str, str], messag
         ("AMQP__PASSWORD_FILE", "/nonexistent/pw", "amqp.password_file: '/nonexistent/pw' is not a readable file"),
         ("AMQP__TLS_CA_FILE", "/nonexistent/ca.pem", "amqp.tls_ca_file:"),
         ("EDGE__URL", "127.0.0.1:55000", "edge.url: expected http://host:port"),
-        ("EDGE__URL", "grpc://edge:55000", "edge.url: expected http://host:port"),
+        ("EDGE__URL", "grpcs://edge:55000", "edge.url: expected http://host:port or https://host:port"),
+        ("EDGE__URL", "grpc://edge", "edge.url: expected grpc://host:port (the port is required), got 'grpc://edge'"),
+        ("EDGE__URL", "grpc://edge:99999", "edge.url: expected grpc://host:port"),
+        ("EDGE__URL", "grpc://edge:55000/api", "edge.url: expected grpc://host:port"),
+        ("EDGE__URL", "grpc://edge:55000?tls=1", "edge.url: a grpc:// URL takes no query or fragment"),
+        ("EDGE__GRPC_MAX_MESSAGE_BYTES", "1000", "edge.grpc_max_message_bytes: expected a value from 1048576 to"),
         ("EDGE__JOB_TIMEOUT", "0", "edge.job_timeout: expected a value from 0.1"),
         ("EDGE__JOB_TIMEOUT", "nan", "edge.job_timeout: expected a value from 0.1"),
         ("EDGE__REQUEST_TIMEOUT", "inf", "edge.request_timeout: expected a value from 0.1"),
         ("EDGE__MAX_ATTEMPTS", "0", "edge.max_attempts: expected a value from 1 to 100"),
         ("EDGE__UPLOAD", "s3", "edge.upload: expected 'embedded', 'chunked' or 'auto', got 's3'"),
-        ("EDGE__CHUNK_ENCODING", "raw", "edge.chunk_encoding: expected 'json' or 'multipart', got 'raw'"),
+        ("EDGE__CHUNK_ENCODING", "raw", "'json', 'bytes-array' or 'multipart', got 'raw'"),
+        ("EDGE__CHUNK_ENCODING", "base64", "edge.chunk_encoding: expected 'auto' (a base64 string, then a byte"),
         ("EDGE__EMBED_LIMIT", "0", "edge.embed_limit: expected a value from 1"),
         ("WORKER__CONCURRENCY", "0", "worker.concurrency: expected a value from 1 to 1024, got 0"),
         ("WORKER__CONCURRENCY", "100000", "worker.concurrency: expected a value from 1 to 1024"),
@@ -457,3 +464,23 @@ def test_url_with_a_bad_port_names_the_key(key: str, url: str, message: str) -> 
     error = config_error(env={f"EDGE_WORKER_{key}": url})
     assert message in error
     assert "secret-pw" not in error
+
+
+@pytest.mark.parametrize("url", ["grpc://127.0.0.1:55000", "grpc://edge.local:55000/", "grpc://[::1]:55000"])
+def test_grpc_url_is_accepted_with_its_port(url: str) -> None:
+    pytest.importorskip("grpc")
+    assert load_config(None, {"EDGE_WORKER_EDGE__URL": url}).edge.url == url
+
+
+def test_grpc_url_without_the_grpc_extra_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # what importlib finds when grpcio is not installed
+    message = config_error(env={"EDGE_WORKER_EDGE__URL": "grpc://127.0.0.1:55000"})
+    assert "edge.url: 'grpc://127.0.0.1:55000' speaks gRPC" in message
+    assert "pip install 'edge-worker[grpc]'" in message
+    # The HTTP transport needs nothing more.
+    assert load_config(None, {"EDGE_WORKER_EDGE__URL": "http://127.0.0.1:55000"}).edge.url.startswith("http://")
+
+
+@pytest.mark.parametrize("encoding", ["auto", "json", "bytes-array", "multipart"])
+def test_every_chunk_encoding_is_accepted(encoding: str) -> None:
+    assert load_config(None, {"EDGE_WORKER_EDGE__CHUNK_ENCODING": encoding}).edge.chunk_encoding == encoding

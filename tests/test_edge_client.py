@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker.edge import EdgeClient, EdgeJob, EdgeResults, normalize_status, parse_size
+from worker.edge import EdgeClient, EdgeJob, EdgeResults, HttpEdgeClient, normalize_status, parse_size
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.errors import EdgeError, EdgeRejected, EdgeUnavailable, JobNotFound, ModelNotFound
 
@@ -28,8 +28,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def client(url: str, *, request_timeout_s: float = 5.0, max_attempts: int = 3, **kwargs: Any) -> EdgeClient:
-    return EdgeClient(base_url=url, request_timeout_s=request_timeout_s, max_attempts=max_attempts, **kwargs)
+def client(url: str, *, request_timeout_s: float = 5.0, max_attempts: int = 3, **kwargs: Any) -> HttpEdgeClient:
+    return HttpEdgeClient(base_url=url, request_timeout_s=request_timeout_s, max_attempts=max_attempts, **kwargs)
 
 
 def follow(edge: EdgeClient, job_id: str, timeout_s: float = 10.0) -> EdgeJob:
@@ -52,7 +52,9 @@ class Answer:
     status: int = 200
     body: Any = None
     content_type: str = "application/json"
-    action: str = ""  # "close": hang up without answering; "reset": abort with RST; "sleep": wait first
+    # "close": hang up without answering; "reset": abort with RST; "sleep": wait first; "old_gateway": answer a
+    # chunk as a grpc-gateway older than v2.10.1 does (a JSON string refused with `body`, a byte array taken)
+    action: str = ""
     sleep_s: float = 0.0
 
 
@@ -103,6 +105,10 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             answer = stub.next_answer(self.command, self.path)
             if answer.action == "sleep":
                 time.sleep(answer.sleep_s)  # sleep-ok: the stub plays an edge too slow to answer
+            if answer.action == "old_gateway" and not body.startswith(b"["):
+                answer = Answer(400, answer.body)
+            elif answer.action == "old_gateway":
+                answer = Answer(200, {})
             if answer.action == "close":
                 self.close_connection = True
                 return
@@ -304,7 +310,7 @@ def test_edge_outage_is_edge_unavailable_after_max_attempts(emulator: EdgeEmulat
 # -- against the stub: error shapes ----------------------------------------------------------------
 
 
-def _submit(edge: EdgeClient) -> EdgeJob:
+def _submit(edge: HttpEdgeClient) -> EdgeJob:
     return edge.submit_job(model_id="m", version="1", sources={"s": {"i": b"x"}}, input_type="embedded", explain=False)
 
 
@@ -694,7 +700,7 @@ def test_a_refused_connection_is_retried_even_for_a_chunk() -> None:
         port = probe.getsockname()[1]
     edge = client(f"http://127.0.0.1:{port}", max_attempts=3)
     with pytest.raises(EdgeUnavailable) as raised:
-        edge._call("POST", "/api/jobs/x/s/i", "chunk", data=b'""', idempotent=False)
+        edge._exchange("POST", "/api/jobs/x/s/i", "chunk", {}, data=b'""', idempotent=False)
     assert not raised.value.maybe_sent
     assert "after 3 attempts" in raised.value.message
 
@@ -712,3 +718,159 @@ def test_a_submission_whose_answer_was_lost_is_sent_again_and_flagged(stub: Stub
         model_id="m", version="1", sources={"s": {"i": "x"}}, input_type="text", explain=False
     )
     assert not clean.maybe_duplicated
+
+
+# -- chunk bodies for both gateway generations --------------------------------------------------------------
+
+OLD_GATEWAY = {
+    "code": 3,
+    "message": "json: cannot unmarshal string into Go value of type []json.RawMessage",
+    "details": [],
+}
+
+
+def _open_job_stub(stub: Stub, chunk: Answer, *, job_id: str = "o1") -> str:
+    stub.on("GET", "/api/jobs/features", Answer(200, {"inputChunkMaximumSize": "4"}))
+    stub.on("POST", "/api/jobs", Answer(200, {"jobIdentifier": job_id, "status": "OPEN"}))
+    stub.on("POST", f"/api/jobs/{job_id}/s/i", chunk)
+    stub.on("POST", f"/api/jobs/{job_id}/close", Answer(200, {"jobIdentifier": job_id, "status": "SUBMITTED"}))
+    stub.on("DELETE", f"/api/jobs/{job_id}", Answer(200, {"jobIdentifier": job_id, "status": "CANCELED"}))
+    return f"/api/jobs/{job_id}/s/i"
+
+
+def _chunk_bodies(stub: Stub, path: str) -> list[Any]:
+    return [json.loads(seen.body) for seen in stub.requests("POST", path)]
+
+
+def _upload(edge: HttpEdgeClient, data: bytes) -> EdgeJob:
+    return edge.submit_chunked(model_id="m", version="1", sources={"s": {"i": data}}, explain=False)
+
+
+def test_auto_sends_the_refused_chunk_again_as_a_byte_array_and_keeps_that_form(stub: Stub) -> None:
+    from structlog.testing import capture_logs
+
+    path = _open_job_stub(stub, Answer(body=OLD_GATEWAY, action="old_gateway"))
+    edge = client(stub.url)
+    assert edge.chunk_encoding == "auto" and edge.chunk_form == "json"
+    data = bytes(range(250, 256)) + b"\x00\x01\x02\x03"  # 10 bytes: chunks of 4, 4, 2
+    with capture_logs() as logs:
+        assert _upload(edge, data).job_identifier == "o1"
+        assert _upload(edge, data).job_identifier == "o1"  # a later job goes straight to byte arrays
+    bodies = _chunk_bodies(stub, path)
+    first = base64.b64encode(data[:4]).decode()
+    # The refused string, the same chunk again as an array, the rest as arrays; the second job arrays only.
+    assert bodies == [
+        first,
+        list(data[:4]),
+        list(data[4:8]),
+        list(data[8:]),
+        list(data[:4]),
+        list(data[4:8]),
+        list(data[8:]),
+    ]
+    assert edge.chunk_form == "bytes-array"
+    learned = [entry for entry in logs if entry["event"] == "edge_chunk_encoding_learned"]
+    assert len(learned) == 1
+    assert learned[0]["chunk_encoding"] == "bytes-array" and "RawMessage" in learned[0]["edge_message"]
+    assert not stub.requests("DELETE", "/api/jobs/o1")  # nothing abandoned: the switch is not a failure
+    # Learned per client (per edge): a new client starts from the string form again.
+    fresh = client(stub.url)
+    _upload(fresh, b"ab")
+    assert _chunk_bodies(stub, path)[-2:] == [base64.b64encode(b"ab").decode(), list(b"ab")]
+
+
+def test_auto_against_a_newer_gateway_never_sends_a_byte_array(stub: Stub) -> None:
+    path = _open_job_stub(stub, Answer(200, {}))
+    edge = client(stub.url)
+    for _ in range(2):
+        _upload(edge, b"0123456789")
+    bodies = _chunk_bodies(stub, path)
+    assert len(bodies) == 6 and all(isinstance(body, str) for body in bodies)
+    assert edge.chunk_form == "json"
+
+
+def test_auto_takes_a_bare_code_3_as_the_older_gateway_only_on_the_first_chunk(stub: Stub) -> None:
+    # A gateway that words its refusal otherwise still answers code 3 to the first string chunk it sees.
+    vague = {"code": 3, "message": "bad body", "details": []}
+    path = _open_job_stub(stub, Answer(body=vague, action="old_gateway"))
+    edge = client(stub.url)
+    _upload(edge, b"abcd")
+    assert _chunk_bodies(stub, path) == [base64.b64encode(b"abcd").decode(), list(b"abcd")]
+    # Once a string chunk was taken the edge is a newer gateway: a later code 3 is the edge's verdict.
+    stub.on("POST", path, Answer(200, {}), Answer(400, vague))
+    newer = client(stub.url)
+    with pytest.raises(EdgeRejected) as info:
+        _upload(newer, b"abcdefgh")
+    assert "bad body" in info.value.message
+    assert [type(body) for body in _chunk_bodies(stub, path)[-2:]] == [str, str]
+    assert newer.chunk_form == "json"
+    assert len(stub.requests("DELETE", "/api/jobs/o1")) == 1
+
+
+def test_auto_does_not_learn_a_form_the_edge_refuses_too(stub: Stub) -> None:
+    path = _open_job_stub(stub, Answer(400, OLD_GATEWAY))
+    edge = client(stub.url)
+    with pytest.raises(EdgeRejected) as info:
+        _upload(edge, b"abc")
+    assert info.value.code == "EDGE_REJECTED" and "RawMessage" in info.value.message
+    assert _chunk_bodies(stub, path) == [base64.b64encode(b"abc").decode(), list(b"abc")]
+    assert edge.chunk_form == "json"
+    assert len(stub.requests("DELETE", "/api/jobs/o1")) == 1
+
+
+@pytest.mark.parametrize(("encoding", "expected"), [("json", ["YWJj"]), ("bytes-array", [[97, 98, 99]])])
+def test_a_fixed_chunk_encoding_never_switches(stub: Stub, encoding: str, expected: list[Any]) -> None:
+    path = _open_job_stub(stub, Answer(body=OLD_GATEWAY, action="old_gateway"))
+    edge = client(stub.url, chunk_encoding=encoding)
+    if encoding == "json":
+        with pytest.raises(EdgeRejected):
+            _upload(edge, b"abc")
+    else:
+        _upload(edge, b"abc")
+    assert _chunk_bodies(stub, path) == expected
+    assert edge.chunk_form == encoding
+
+
+def test_an_unknown_chunk_encoding_is_refused() -> None:
+    with pytest.raises(ValueError, match="chunk_encoding: expected one of auto, json, bytes-array, multipart"):
+        client("http://127.0.0.1:1", chunk_encoding="base85")
+
+
+def test_a_failure_holding_a_struct_is_one_flat_object(stub: Stub) -> None:
+    # protobuf's JSON nests a well-known type packed in an Any under "value"; the gRPC client sees the same.
+    struct_type = "type.googleapis.com/google.protobuf.Struct"
+    results = {
+        "finished": True,
+        "failures": {
+            "a": {"@type": struct_type, "value": {"error": "bad"}},
+            "b": {"@type": "x/common.v1.Error", "message": "m"},
+        },
+    }
+    stub.on("GET", "/api/results/j1", Answer(200, results))
+    got = client(stub.url).get_results("j1")
+    assert got is not None
+    assert got.failures == {
+        "a": {"@type": struct_type, "error": "bad"},
+        "b": {"@type": "x/common.v1.Error", "message": "m"},
+    }
+
+
+def test_list_jobs_reads_the_gateways_bare_array(emulator: EdgeEmulator) -> None:
+    edge = client(emulator.url)
+    job = edge.submit_job(
+        model_id="sha256", version="1.0.0", sources={"a": {"i": b"1"}}, input_type="embedded", explain=False
+    )
+    listed = {summary.job_identifier: summary for summary in edge.list_jobs()}
+    assert listed[job.job_identifier].model == {"identifier": "sha256", "version": "1.0.0"}
+    assert listed[job.job_identifier].status in {"SUBMITTED", "IN_PROGRESS", "COMPLETE"}
+
+
+def test_traceparent_travels_as_a_header_of_that_call_only(stub: Stub) -> None:
+    stub.on("GET", "/api/jobs/j1", Answer(200, {"jobIdentifier": "j1", "status": "COMPLETE"}))
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    edge = client(stub.url)
+    edge.get_job("j1", traceparent=parent)
+    edge.get_job("j1")
+    first, second = stub.requests("GET", "/api/jobs/j1")
+    assert first.headers["traceparent"] == parent
+    assert "traceparent" not in {key.lower() for key in second.headers}

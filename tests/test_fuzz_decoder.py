@@ -1,9 +1,12 @@
 """Property-based fuzzing of the request decoder: whatever arrives, the result is a JobRequest or InvalidRequest.
 
-Four generators, 10,500 examples in all (hypothesis counts each one; see the settings): valid requests
+Five generators, 12,500 examples in all (hypothesis counts each one; see the settings): valid requests
 (which must decode, to the values they carry), valid requests with random byte mutations (flips,
-truncations, insertions, deletions, splices), arbitrary msgpack objects, and arbitrary bytes under arbitrary
-content types.
+truncations, insertions, deletions, splices), arbitrary msgpack objects (as a body, and under a key the
+worker ignores, where any of them is accepted), and arbitrary bytes under arbitrary content types.
+
+The decoder walks msgpack headers itself (worker.decode), so whatever it accepts is checked against msgpack's
+own unpacker: the body must unpack, and to the values the JobRequest holds.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.decode import KNOWN_KEYS
 from worker.errors import InvalidRequest
 from worker.messages import JobRequest, decode_request
 
@@ -69,11 +73,39 @@ def pack(value: Any) -> bytes:
 def decode_or_reject(body: bytes, content_type: str | None = "application/msgpack") -> JobRequest | InvalidRequest:
     """The property itself: anything other than these two outcomes escapes as a test failure."""
     try:
-        return decode_request(body, content_type, max_request_bytes=LIMIT)
+        decoded = decode_request(body, content_type, max_request_bytes=LIMIT)
     except InvalidRequest as exc:
         assert exc.message, "an InvalidRequest must say what is wrong"
         assert exc.code in {"INVALID_REQUEST", "UNSUPPORTED_CONTENT_TYPE", "PAYLOAD_TOO_LARGE"}
         return exc
+    agrees_with_msgpack(body, decoded)
+    return decoded
+
+
+def agrees_with_msgpack(body: bytes, decoded: JobRequest) -> None:
+    """An accepted body is one msgpack map, and holds what the JobRequest says it does."""
+    data = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    assert isinstance(data, dict)
+    model = data["model"]
+    if isinstance(model, dict):
+        assert (decoded.model_id, decoded.version) == (model["identifier"], model["version"])
+    else:
+        assert (decoded.model_id, decoded.version) == (model, data["version"])
+    sources = data["sources"]
+    if all(isinstance(v, bytes | str) for v in sources.values()):
+        sources = {"job": sources}
+    if decoded.input_type == "embedded":
+        sources = {s: {k: v.encode() if isinstance(v, str) else v for k, v in i.items()} for s, i in sources.items()}
+    assert decoded.sources == sources
+    assert decoded.explain is (data.get("explain") or False)
+    assert decoded.want_results is (True if data.get("results") is None else data["results"])
+    assert decoded.want_updates is (data.get("updates") or False)
+    assert decoded.request_id == data.get("request_id")
+    if data.get("timeout") is None:
+        assert decoded.timeout_s is None
+    else:
+        assert decoded.timeout_s == float(data["timeout"])
+    assert decoded.ignored_keys == tuple(sorted(k for k in data if k not in KNOWN_KEYS))
 
 
 @fuzz(1500)
@@ -147,6 +179,17 @@ MSGPACK_OBJECTS = st.recursive(
 @given(MSGPACK_OBJECTS)
 def test_arbitrary_msgpack_objects_decode_or_are_rejected(value: Any) -> None:
     decode_or_reject(pack(value))
+
+
+@fuzz(2000)
+@given(MSGPACK_OBJECTS, st.text(max_size=300), st.binary(max_size=300))
+def test_any_msgpack_value_under_an_ignored_key_is_accepted(value: Any, text: str, data: bytes) -> None:
+    # The walker that checks ignored values without building them must accept every well-formed value:
+    # each type, each header size (the str and bin reach the 8- and 16-bit length headers).
+    request = {"model": {"identifier": "m", "version": "1"}, "sources": {"s": {"i": b""}}, "x": [value, text, data]}
+    decoded = decode_or_reject(pack(request))
+    assert isinstance(decoded, JobRequest), decoded
+    assert decoded.ignored_keys == ("x",)
 
 
 @fuzz(1000)

@@ -16,7 +16,7 @@ import msgpack
 import pika
 import pytest
 
-from worker.edge import EdgeClient, Features
+from worker.edge import EdgeClient, Features, HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 from worker.jobs import FIRST_LOOK_SHARE_START, EdgeGate, JobRunner, JobSettings, Outcome
 from worker.journal import Journal
@@ -65,7 +65,7 @@ def job_settings(*, upload: str) -> JobSettings:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with EdgeEmulator(EmulatorConfig(port=0, latency_s=0.02, capacity=4)) as emulator:
-        client = EdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
+        client = HttpEdgeClient(base_url=emulator.url, request_timeout_s=10, max_attempts=2)
         gate = EdgeGate(client)
         journal = Journal(tmp_path / "journal.sqlite3", retention_s=600)
         settings = job_settings(upload="embedded")
@@ -122,7 +122,7 @@ def test_a_request_over_its_delivery_limit_leaves_a_live_workers_mark_alone(rig:
         other.close()
 
 
-class _SmallEdge(EdgeClient):
+class _SmallEdge(HttpEdgeClient):
     """The real client to the real emulator, reporting the smaller limits of another edge's features."""
 
     def features(self) -> Features:

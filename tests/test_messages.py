@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 from types import SimpleNamespace
 from typing import Any
@@ -11,9 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import hostile
 from worker.errors import InvalidRequest, PayloadTooLarge, UnsupportedContentType
 from worker.messages import (
+    MAX_DEPTH,
+    MAX_INPUTS,
     MAX_INPUTS_PER_SOURCE,
+    MAX_OBJECTS,
     MAX_SOURCES,
     JobRequest,
     check_content_type,
@@ -253,9 +258,9 @@ def test_malformed_request_is_invalid_with_a_message_naming_the_path(body: Any, 
         (b'{"model": "sha256"}', "body: expected a msgpack map"),  # JSON: a fixint 0x7b, then the rest
         (b"hello world", "body: expected a msgpack map"),
         (msgpack.packb({"model": b"\xff\xfe"}, use_bin_type=False), "not valid UTF-8"),  # raw str, not bin
-        (pack({1: 2}), "not a valid msgpack message"),  # non-str map keys are refused while unpacking
+        (pack({1: 2}), "body: keys must be str, got int"),
         (msgpack.packb({"x": msgpack.ExtType(1, b"x")}), "not a valid msgpack message"),  # ext types are refused
-        (b"\x91" * 100_000, "not a valid msgpack message"),  # nesting deeper than the unpacker's stack
+        (b"\x91" * 100_000, "body: expected a map, got array"),  # refused by its first byte, not walked
     ],
     ids=[
         "empty",
@@ -313,16 +318,19 @@ def test_container_claim_backed_by_real_bytes_is_refused_before_building_it(kind
     header = (b"\xdd" if kind == "array" else b"\xdf") + count.to_bytes(4, "big")
     if kind == "array":
         items = b"\xc0" * count  # nil, nil, ...
+        body = b"\x83" + pack("model") + pack(MODEL) + pack("sources") + pack(SOURCES) + pack("x") + header + items
+        expected = f"<ignored key 'x'>: array of {count} items, more than 4096"
     else:
         items = b"".join(b"\xa8" + f"{i:08x}".encode() + b"\xc0" for i in range(count))  # "0000002a": nil
-    body = header + items
+        body = header + items
+        expected = f"body: map of {count} entries, more than 4096"
     tracemalloc.start()
     try:
         error = rejected(body, limit=len(body))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert f"exceeds max_{kind}_len" in error.message
+    assert error.message == expected
     assert peak < 1 << 20, f"decoding allocated {peak} bytes"
 
 
@@ -330,6 +338,131 @@ def test_container_bound_still_allows_the_largest_valid_request() -> None:
     # MAX_SOURCES input items must get through msgpack's container bound to reach the precise check.
     sources = {f"s{i}": {"i": b""} for i in range(MAX_SOURCES)}
     assert len(decode(request(sources=sources)).sources) == MAX_SOURCES
+
+
+def test_largest_valid_request_decodes_within_the_bound() -> None:
+    # MAX_SOURCES items sharing MAX_INPUTS inputs, every key 255 bytes: the most Python objects a valid
+    # request builds, so the per-input overhead is what the memory bound must absorb.
+    per_source = MAX_INPUTS // MAX_SOURCES
+    sources = {
+        f"{s:04d}".ljust(255, "s"): {f"{i:04d}".ljust(255, "i"): b"" for i in range(per_source)}
+        for s in range(MAX_SOURCES)
+    }
+    body = pack(request(sources=sources))
+    tracemalloc.start()
+    try:
+        decoded = decode_request(body, None, max_request_bytes=len(body))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(len(inputs) for inputs in decoded.sources.values()) == MAX_INPUTS
+    assert peak < 4 * len(body) + hostile.SLACK, f"{peak} bytes for a {len(body)}-byte body"
+
+
+def test_budget_limits_are_exact() -> None:
+    # One under each limit decodes; one over is refused, naming the path.
+    deep = b"\x91" * (MAX_DEPTH - 1) + b"\xc0"  # the value sits at depth 2: 31 more arrays reach 32
+    assert decode_request(hostile._request(x=deep), None, max_request_bytes=LIMIT).ignored_keys == ("x",)
+    error = rejected(hostile._request(x=b"\x91" + deep))
+    assert error.message == f"<ignored key 'x'>{'[0]' * (MAX_DEPTH - 1)}: nesting deeper than {MAX_DEPTH}"
+    # Objects before x's value: the top map; "model", its map, 2 keys, 2 values; "sources", its map, "cam-1",
+    # its map, "image", the bin; the key "x". Then x: a list holding 24 lists of 4096 nils, then `rest` nils.
+    fixed = 14
+    rest = MAX_OBJECTS - fixed - (1 + 24 + 24 * 4096)
+    inner = hostile.array_header(4096) + b"\xc0" * 4096
+
+    def filled(rest: int) -> bytes:
+        return hostile._request(x=hostile.array_header(24 + rest) + inner * 24 + b"\xc0" * rest)
+
+    assert decode_request(filled(rest), None, max_request_bytes=LIMIT).ignored_keys == ("x",)
+    error = rejected(filled(rest + 1))
+    assert error.message == f"<ignored key 'x'>[{24 + rest}]: more than {MAX_OBJECTS} msgpack objects in the request"
+
+
+def test_too_many_inputs_in_all_is_refused() -> None:
+    per_source = MAX_INPUTS // MAX_SOURCES
+    sources = {f"s{s}": {f"i{i}": b"" for i in range(per_source)} for s in range(MAX_SOURCES)}
+    assert len(decode(request(sources=sources)).sources) == MAX_SOURCES
+    sources["s0"]["one-more"] = b""
+    error = rejected(pack(request(sources=sources)))
+    assert error.message == f"sources['s{MAX_SOURCES - 1}']: more than {MAX_INPUTS} model inputs in all the input items"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\x82\xa5model" + pack(MODEL) + b"\xa5model" + pack(MODEL), "body: key 'model' given twice"),
+        (b"\x82\xa1x\x01\xa1x\x02", "body: key 'x' given twice"),
+        (
+            hostile._request(model=b"\x83\xaaidentifier\xa1a\xa7version\xa11\xaaidentifier\xa1b"),
+            "model: key 'identifier' given twice",
+        ),
+        (hostile._request(sources=b"\x81\xa1s\x82\xa1i\xc4\x00\xa1i\xc4\x00"), "sources['s']: key 'i' given twice"),
+        (hostile._request(sources=b"\x82\xa1i\xc4\x00\xa1i\xc4\x00"), "sources['job']: key 'i' given twice"),
+    ],
+    ids=["known top-level key", "ignored top-level key", "model key", "input key", "shorthand key"],
+)
+def test_duplicate_keys_are_refused(body: bytes, message: str) -> None:
+    assert message in rejected(body).message
+
+
+def test_error_message_is_capped() -> None:
+    # Deep maps under 40-byte keys: the path alone is longer than a message may be.
+    key = b"\xd9\x28" + b"k" * 40  # a str8 of 40 bytes
+    error = rejected(hostile._request(x=(b"\x81" + key) * (MAX_DEPTH + 1) + b"\xc0"))
+    assert len(error.message) == 1000
+    assert error.message.startswith("<ignored key 'x'>['kkkk")
+    assert error.message.endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"\x81\x01\xc0", "<ignored key 'x'>: map keys must be str or bin, got int"),
+        (b"\x91\x81\xc0\xc0", "<ignored key 'x'>[0]: map keys must be str or bin, got nil"),
+        (b"\x81\xa1k\xd4\x01\x00", "ext types are not accepted, at <ignored key 'x'>['k'])"),
+        (b"\x92\xc0\xa2\xff\xfe", "not valid UTF-8 (send bytes as bin), at <ignored key 'x'>[1]"),
+        (b"\x92\xc0\xc1", "byte 0xc1 at offset"),
+        (b"\x93\xc0\xc0", "an array of 3 items declared, 2 bytes left, at <ignored key 'x'>)"),
+        (b"\x92\x91\xc0", "the body ends where a value should start, at <ignored key 'x'>[1])"),
+    ],
+    ids=["int key", "nil key in a list", "ext", "invalid utf-8", "reserved byte", "short claim", "truncated"],
+)
+def test_ignored_values_are_checked_without_being_built(value: bytes, message: str) -> None:
+    assert message in rejected(hostile._request(x=value)).message
+
+
+def _hostile_cases() -> list[hostile.Case]:
+    return [case for label, size in hostile.SIZES.items() for case in hostile.cases(size, label)]
+
+
+@pytest.mark.parametrize("case", _hostile_cases(), ids=lambda case: case.id)
+def test_hostile_shape_is_refused_naming_the_path(case: hostile.Case) -> None:
+    body = case.body()
+    try:
+        decoded = decode_request(body, None, max_request_bytes=64 << 20)
+    except InvalidRequest as exc:
+        assert case.phrase is not None, f"a valid request was refused: {exc.message}"
+        assert exc.code == "INVALID_REQUEST"
+        assert case.phrase in exc.message
+        assert case.path in exc.message
+        assert len(exc.message) < 400
+    else:
+        assert case.phrase is None, f"accepted, expected {case.path}: {case.phrase}"
+        assert decoded.size_bytes == len(body)
+
+
+@pytest.mark.parametrize("case", hostile.cases(hostile.SIZES["8MiB"], "8MiB"), ids=lambda case: case.id)
+def test_hostile_shape_decodes_within_the_memory_bound(case: hostile.Case) -> None:
+    body = case.body()
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(InvalidRequest):
+            decode_request(body, None, max_request_bytes=64 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= case.bound(body), f"{peak / 2**20:.1f} MiB for a {len(body) / 2**20:.1f} MiB body"
 
 
 def test_body_over_max_request_bytes_is_payload_too_large_before_decoding() -> None:

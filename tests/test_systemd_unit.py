@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 UNIT_PATH = Path(__file__).resolve().parent.parent / "systemd" / "edge-worker.service"
+DOCS_PATH = UNIT_PATH.parent.parent / "docs" / "operations-systemd.md"
 EXEC_START_BINARY = "/opt/edge-worker/venv/bin/edge-worker"
 MAX_EXPOSURE = 1.5
 DRAIN_TIMEOUT_S = 60  # worker.drain_timeout's default in the interface spec, section 5
@@ -192,3 +193,37 @@ def test_timespan_parser_understands_systemd_spellings() -> None:
     assert parse_timespan_s("1min 30s") == 90
     assert parse_timespan_s("1m30s") == 90
     assert parse_timespan_s("500ms") == 0.5
+
+
+def _documented_environment_lines() -> list[str]:
+    """Every `Environment=` line the systemd docs show for a drop-in."""
+    return [
+        line.strip()
+        for line in DOCS_PATH.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("Environment=")
+    ]
+
+
+def test_docs_write_a_literal_percent_as_two() -> None:
+    lines = _documented_environment_lines()
+    assert any("%%2F" in line for line in lines), "the docs show no drop-in with the vhost %%2F"
+    for line in lines:
+        assert "%" not in line.replace("%%", ""), f"a single % in a documented drop-in line: {line}"
+
+
+def _verify_with_drop_in_lines(tmp_path: Path, lines: list[str]) -> str:
+    text = UNIT_PATH.read_text(encoding="utf-8").replace(EXEC_START_BINARY, sys.executable)
+    copy = tmp_path / "edge-worker.service"
+    copy.write_text(text + "\n[Service]\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    result = _systemd_analyze("verify", str(copy))
+    return result.stdout + result.stderr
+
+
+@needs_systemd_analyze
+def test_systemd_keeps_the_documented_drop_in_lines(tmp_path: Path) -> None:
+    lines = _documented_environment_lines()
+    assert lines
+    assert "Failed to resolve specifiers" not in _verify_with_drop_in_lines(tmp_path, lines)
+    # The check can fail: the same lines with one % each are what systemd drops.
+    single = [line.replace("%%", "%") for line in lines if "%%" in line]
+    assert "Failed to resolve specifiers" in _verify_with_drop_in_lines(tmp_path, single)

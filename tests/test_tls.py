@@ -214,7 +214,7 @@ def test_an_https_edge_is_verified_against_requests_ca_bundle_not_the_environmen
     """
     import requests
 
-    from worker.edge import EdgeClient
+    from worker.edge import HttpEdgeClient
 
     parts = urllib.parse.urlsplit(emulator.url)
     front = StunnelFront(stunnel, tmp_path, tls_files, backend=(parts.hostname or "127.0.0.1", parts.port or 80))
@@ -226,8 +226,80 @@ def test_an_https_edge_is_verified_against_requests_ca_bundle_not_the_environmen
             session = requests.Session()
             session.trust_env = False
             session.get(url + "/api/jobs/features", timeout=10)
-        answers, why = EdgeClient(base_url=url, request_timeout_s=10, max_attempts=1).answers()
+        answers, why = HttpEdgeClient(base_url=url, request_timeout_s=10, max_attempts=1).answers()
         assert not answers
         assert "TLS" in why and "certificate verify failed" in why, why
     finally:
         front.stop()
+
+
+# -- the producer API and `edge-worker submit` over TLS (the same settings as the worker) ---------------
+
+
+def test_the_client_uses_the_workers_tls_settings_including_a_client_certificate(
+    tls_front: Callable[..., StunnelFront], tls_files: TlsFiles, emulator: Any, worker_factory: Any
+) -> None:
+    from worker.client import BrokerUnreachable, EdgeWorkerClient
+
+    front = tls_front(require_client_cert=True)
+    worker = worker_factory(
+        emulator.url,
+        amqp__url=amqps_url(front),
+        amqp__tls_ca_file=tls_files.ca,
+        amqp__tls_cert_file=tls_files.client_cert,
+        amqp__tls_key_file=tls_files.client_key,
+    ).start()
+    queue = worker.env["EDGE_WORKER_AMQP__QUEUE"]
+    with EdgeWorkerClient(
+        amqps_url(front),
+        queue=queue,
+        tls_ca_file=str(tls_files.ca),
+        tls_cert_file=str(tls_files.client_cert),
+        tls_key_file=str(tls_files.client_key),
+    ) as client:
+        final = client.jobs.block_until_complete(client.jobs.submit_embedded("sha256", "1.0.0", {"x": b"tls"}))
+    assert final.status == "COMPLETE"
+    with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        EdgeWorkerClient(amqps_url(front), queue=queue, tls_ca_file=str(tls_files.other_ca))
+    with pytest.raises(BrokerUnreachable):  # no client certificate: the server ends the handshake
+        EdgeWorkerClient(amqps_url(front), queue=queue, tls_ca_file=str(tls_files.ca))
+
+
+def test_submit_connects_as_run_does_tls_and_the_url_list(
+    tls_front: Callable[..., StunnelFront], tls_files: TlsFiles, emulator: Any, worker_factory: Any
+) -> None:
+    front = tls_front(require_client_cert=True)
+    tls = {
+        "amqp__tls_ca_file": str(tls_files.ca),
+        "amqp__tls_cert_file": str(tls_files.client_cert),
+        "amqp__tls_key_file": str(tls_files.client_key),
+    }
+    # The first URL answers nothing: the worker and submit both go on to the TLS one.
+    urls = f"amqps://guest:guest@localhost:1/%2F,{amqps_url(front)}"
+    worker = worker_factory(emulator.url, amqp__url=urls, **tls).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_WORKER_")}
+    env.update({k: v for k, v in worker.env.items() if k.startswith("EDGE_WORKER_")})
+    command = [sys.executable, "-m", "worker", "submit", "--model", "sha256", "--version", "1.0.0"]
+    result = subprocess.run(
+        [*command, "--input", "cam-1:image=tls-submit", "--wait", "--timeout", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    reply = json.loads(result.stdout)
+    assert reply["status"] == "COMPLETE"
+    assert reply["results"]["cam-1"]["inputs"]["image"]["size"] == len("tls-submit")
+    assert front.log().count("CN=edge-worker-client") >= 2  # the worker's and submit's certificate
+
+    # Without the client certificate, submit cannot connect either: exit 69, naming the brokers.
+    env.pop("EDGE_WORKER_AMQP__TLS_CERT_FILE")
+    env.pop("EDGE_WORKER_AMQP__TLS_KEY_FILE")
+    bare = subprocess.run(
+        [*command, "--input", "a:b=c"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bare.returncode == 69, (bare.stdout, bare.stderr)
+    assert f"localhost:{front.port}" in bare.stderr and "localhost:1" in bare.stderr
+    assert "guest:guest" not in bare.stderr

@@ -78,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.OK)
     if args.command == "healthcheck":
         return _healthcheck(config)
-    configure_logging(config.log.level, config.log.format)
     if args.command == "submit":
+        # stdout carries the command's result (JSON); the client's log lines go to stderr.
+        configure_logging(config.log.level, config.log.format, stream=sys.stderr)
         return _submit(config, args)
+    configure_logging(config.log.level, config.log.format)
     from worker.service import Daemon  # noqa: PLC0415 -- keeps the light commands light
 
     try:
@@ -98,7 +100,7 @@ def _healthcheck(config: Config) -> int:
     import pika.exceptions  # noqa: PLC0415
 
     from worker.broker import connection_parameters, root_cause  # noqa: PLC0415
-    from worker.service import make_edge_client  # noqa: PLC0415
+    from worker.edge import make_edge_client  # noqa: PLC0415
 
     problems: list[str] = []
     broker_ok = False
@@ -112,8 +114,9 @@ def _healthcheck(config: Config) -> int:
             break
         except (pika.exceptions.AMQPError, OSError) as exc:
             problems.append(f"broker {describe_url(display)} unreachable ({type(root_cause(exc)).__name__})")
-    edge = make_edge_client(config)
+    edge = make_edge_client(config.edge)  # GetFeatures for grpc://, GET /api/jobs/features for http(s)://
     edge_ok, why = edge.answers()
+    edge.close()
     if not edge_ok:
         problems.append(f"edge {config.edge.url} unreachable ({why})")
     why_not = _not_consuming(config) if broker_ok and edge_ok else None
@@ -167,9 +170,8 @@ def parse_input(spec: str) -> tuple[str, str, bytes | str]:
 
 
 def _submit(config: Config, args: argparse.Namespace) -> int:
-    import pika.exceptions  # noqa: PLC0415
-
-    from worker.client import EdgeWorkerClient, PublishError, ReplyTimeout  # noqa: PLC0415
+    """Publish one request through worker.client, connected as `run` connects (URL list, password, TLS)."""
+    from worker.client import BrokerUnreachable, ClientError, EdgeWorkerClient, PublishError  # noqa: PLC0415
 
     if not args.input:
         print("edge-worker submit: at least one --input is required", file=sys.stderr)
@@ -182,40 +184,37 @@ def _submit(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-worker submit: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
-    request: dict[str, Any] = {
-        "model": {"identifier": args.model, "version": args.model_version},
-        "sources": sources,
-        "explain": args.explain,
-    }
-    if args.timeout is not None:
-        request["timeout"] = args.timeout
-    if args.request_id:
-        request["request_id"] = args.request_id
+    text = all(isinstance(v, str) for inputs in sources.values() for v in inputs.values())
     try:
-        client = EdgeWorkerClient(broker_urls(config.amqp)[0], queue=config.amqp.queue)
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        print(
-            f"edge-worker submit: broker {describe_url(config.amqp.url[0])} unreachable ({type(exc).__name__})",
-            file=sys.stderr,
-        )
+        client = EdgeWorkerClient.from_config(config.amqp)
+    except BrokerUnreachable as exc:
+        print(f"edge-worker submit: {exc}", file=sys.stderr)
         return int(ExitCode.UNAVAILABLE)
     with client:
+        submit = client.jobs.submit_text if text else client.jobs.submit_embedded
         try:
-            correlation_id = client.publish(request, reply_to=None if args.wait else config.amqp.reply_queue)
+            job = submit(
+                args.model,
+                args.model_version,
+                sources,
+                args.explain,
+                timeout=args.timeout,
+                request_id=args.request_id or None,
+                reply_to=None if args.wait else config.amqp.reply_queue,
+            )
         except PublishError as exc:
             print(f"edge-worker submit: {exc}", file=sys.stderr)
             return int(ExitCode.UNAVAILABLE)
         if not args.wait:
-            print(json.dumps({"published": True, "correlation_id": correlation_id, "queue": config.amqp.queue}))
+            print(json.dumps({"published": True, "correlation_id": job.correlation_id, "queue": config.amqp.queue}))
             return 0
-        wait_s = (args.timeout or config.edge.job_timeout) + 30
         try:
-            reply = client.wait(correlation_id, timeout_s=wait_s)
-        except ReplyTimeout as exc:
+            final = client.jobs.block_until_complete(job, timeout=(args.timeout or config.edge.job_timeout) + 30)
+        except ClientError as exc:
             print(f"edge-worker submit: {exc}", file=sys.stderr)
             return 1
-    print(json.dumps(reply, indent=2, default=_json_default))
-    return 0 if reply.get("status") == "COMPLETE" else 1
+    print(json.dumps(final.to_dict(), indent=2, default=_json_default))
+    return 0 if final.status == "COMPLETE" else 1
 
 
 def _json_default(value: Any) -> Any:

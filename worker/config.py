@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import tomllib
@@ -50,8 +51,11 @@ class EdgeConfig:
     max_attempts: int = 5
     upload: str = "auto"
     embed_limit: int = 3_000_000
-    chunk_encoding: str = "json"
+    chunk_encoding: str = "auto"
     api_key: str = field(default="", repr=False)
+    # Not in the contract's list: the largest gRPC message sent or received (grpc:// only). Chunks are cut
+    # to fit it; the edge's own receive limit (4 MiB on a stock server) still applies to what it takes.
+    grpc_max_message_bytes: int = 64 << 20
     # Not in the contract's list: how often a job the edge forgot (404) is submitted again before JOB_LOST.
     max_resubmits: int = 2
 
@@ -231,8 +235,7 @@ def _validate(config: Config) -> None:
     if parsed_edge.username is not None or parsed_edge.password is not None:
         # Not echoed: it holds a secret. It would not be sent either (the edge takes an API key).
         raise ConfigError("edge.url: user and password in the URL are not supported; set edge.api_key instead")
-    if parsed_edge.scheme not in {"http", "https"} or not parsed_edge.hostname or not _port_ok(parsed_edge):
-        raise ConfigError(f"edge.url: expected http://host:port, got {e.url!r}")
+    _check_edge_url(e.url, parsed_edge)
     _check_range("edge.job_timeout", e.job_timeout, 0.1, 7 * 86400)
     _check_range("edge.request_timeout", e.request_timeout, 0.1, 3600)
     _check_range("edge.max_attempts", e.max_attempts, 1, 100)
@@ -240,8 +243,12 @@ def _validate(config: Config) -> None:
     _check_range("edge.max_resubmits", e.max_resubmits, 0, 100)
     if e.upload not in {"embedded", "chunked", "auto"}:
         raise ConfigError(f"edge.upload: expected 'embedded', 'chunked' or 'auto', got {e.upload!r}")
-    if e.chunk_encoding not in {"json", "multipart"}:
-        raise ConfigError(f"edge.chunk_encoding: expected 'json' or 'multipart', got {e.chunk_encoding!r}")
+    if e.chunk_encoding not in _CHUNK_ENCODINGS:
+        raise ConfigError(
+            "edge.chunk_encoding: expected 'auto' (a base64 string, then a byte array if the gateway refuses it), "
+            f"'json', 'bytes-array' or 'multipart', got {e.chunk_encoding!r}"
+        )
+    _check_range("edge.grpc_max_message_bytes", e.grpc_max_message_bytes, 1 << 20, (1 << 31) - 1)
     _check_range("worker.concurrency", w.concurrency, 1, 1024)
     if not w.state_dir:
         raise ConfigError("worker.state_dir: expected a directory path")
@@ -264,6 +271,35 @@ def _validate(config: Config) -> None:
             f"edge.job_timeout: {e.job_timeout:g} s plus two edge.request_timeout ({e.request_timeout:g} s) "
             f"exceeds amqp.consumer_timeout ({a.consumer_timeout} s): the broker would close the channel "
             "before the job could end; raise the broker's consumer_timeout and amqp.consumer_timeout together"
+        )
+
+
+_CHUNK_ENCODINGS = ("auto", "json", "bytes-array", "multipart")
+GRPC_EXTRA_HINT = "pip install 'edge-worker[grpc]'"
+
+
+def grpc_installed() -> bool:
+    """Whether the grpc extra (grpcio and protobuf) is importable, without importing it."""
+    try:
+        return importlib.util.find_spec("grpc") is not None and importlib.util.find_spec("google.protobuf") is not None
+    except ModuleNotFoundError:  # no "google" package at all
+        return False
+
+
+def _check_edge_url(url: str, parsed: urllib.parse.SplitResult) -> None:
+    """http(s)://host[:port][/base] for the HTTP gateway; grpc://host:port (nothing more) for gRPC."""
+    if parsed.scheme == "grpc":
+        if not parsed.hostname or not _port_ok(parsed) or parsed.port is None or parsed.path not in ("", "/"):
+            raise ConfigError(f"edge.url: expected grpc://host:port (the port is required), got {url!r}")
+        if parsed.query or parsed.fragment:
+            raise ConfigError(f"edge.url: a grpc:// URL takes no query or fragment, got {url!r}")
+        if not grpc_installed():
+            raise ConfigError(f"edge.url: {url!r} speaks gRPC, which needs the grpc extra: {GRPC_EXTRA_HINT}")
+        return
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname or not _port_ok(parsed):
+        raise ConfigError(
+            f"edge.url: expected http://host:port or https://host:port (the HTTP gateway), or grpc://host:port "
+            f"(the gRPC API), got {url!r}"
         )
 
 
@@ -293,7 +329,12 @@ def _port_ok(parsed: urllib.parse.SplitResult) -> bool:
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ConfigError(f"{name}: expected a value from {low:g} to {high:g}, got {value!r}")
+        raise ConfigError(f"{name}: expected a value from {_number(low)} to {_number(high)}, got {value!r}")
+
+
+def _number(value: float) -> str:
+    """1048576 as itself, not 1.04858e+06; 0.1 as 0.1."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

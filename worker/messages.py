@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,17 +10,40 @@ from typing import Any, Literal
 
 import msgpack
 
+from worker.decode import (
+    MAX_CONTAINER_LEN,
+    MAX_DEPTH,
+    MAX_INPUTS,
+    MAX_INPUTS_PER_SOURCE,
+    MAX_KEY_BYTES,
+    MAX_OBJECTS,
+    MAX_SOURCES,
+    decode_fields,
+)
 from worker.errors import InvalidRequest, PayloadTooLarge, UnsupportedContentType
+
+__all__ = [
+    "MAX_CONTAINER_LEN",
+    "MAX_DEPTH",
+    "MAX_INPUTS",
+    "MAX_INPUTS_PER_SOURCE",
+    "MAX_KEY_BYTES",
+    "MAX_OBJECTS",
+    "MAX_SOURCES",
+    "MSGPACK_CONTENT_TYPES",
+    "JobRequest",
+    "ReplyRoute",
+    "check_content_type",
+    "decode_request",
+    "empty_reply",
+    "encode_reply",
+    "now_rfc3339",
+    "reply_properties_fields",
+    "route_from_properties",
+]
 
 MSGPACK_CONTENT_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 REPLY_CONTENT_TYPE = "application/msgpack"
-MAX_KEY_BYTES = 255
-MAX_SOURCES = 1000  # per job, like the edge's maximumInputsPerJob
-MAX_INPUTS_PER_SOURCE = 1000
-# Containers in a request are small maps; anything bigger than this is hostile, so msgpack refuses it
-# before allocating (its own defaults scale with the buffer size).
-_MAX_CONTAINER_LEN = 4096
-_KNOWN_KEYS = frozenset({"model", "version", "sources", "explain", "timeout", "results", "updates", "request_id"})
 
 InputType = Literal["text", "embedded"]
 Sources = dict[str, dict[str, bytes | str]]
@@ -95,184 +117,31 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
-def unpack_body(body: bytes, *, max_request_bytes: int) -> Any:
-    """msgpack-decode a body with every size bounded, or raise a precise InvalidRequest."""
+def decode_request(body: bytes, content_type: str | None, *, max_request_bytes: int) -> JobRequest:
+    """Turn a delivery body into a JobRequest, or raise InvalidRequest naming the path and what was expected.
+
+    The body is walked by its msgpack headers (worker.decode), never unpacked whole: what the worker ignores
+    is checked but not built, so no shape of body costs more than a bounded multiple of its size.
+    """
+    check_content_type(content_type)
     if len(body) > max_request_bytes:
         raise PayloadTooLarge(f"body: {len(body)} bytes exceeds worker.max_request_bytes ({max_request_bytes})")
     if not body:
         raise InvalidRequest("body: empty, expected a msgpack map")
-    try:
-        return msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=max_request_bytes,
-            max_bin_len=max_request_bytes,
-            max_array_len=_MAX_CONTAINER_LEN,
-            max_map_len=_MAX_CONTAINER_LEN,
-            max_ext_len=0,
-        )
-    except msgpack.ExtraData as exc:
-        if not isinstance(exc.unpacked, dict):
-            # JSON or text starts with a byte msgpack reads as a small int: say what the body is not.
-            raise InvalidRequest(
-                f"body: expected a msgpack map, got {_kind(exc.unpacked)} followed by {len(exc.extra)} more bytes"
-            ) from None
-        raise InvalidRequest("body: trailing bytes after the msgpack map") from None
-    except UnicodeDecodeError:
-        raise InvalidRequest("body: a msgpack str is not valid UTF-8 (send bytes as bin)") from None
-    except Exception as exc:  # noqa: BLE001 -- msgpack raises ValueError, TypeError, StackError, FormatError...
-        raise InvalidRequest(f"body: not a valid msgpack message ({type(exc).__name__}: {exc})"[:300]) from None
-
-
-def decode_request(body: bytes, content_type: str | None, *, max_request_bytes: int) -> JobRequest:
-    """Turn a delivery body into a JobRequest, or raise InvalidRequest naming the path and what was expected."""
-    check_content_type(content_type)
-    data = unpack_body(body, max_request_bytes=max_request_bytes)
-    try:
-        return request_from_map(data, size_bytes=len(body))
-    except InvalidRequest as exc:
-        # Echo the producer's request_id even in a rejection, when it is valid: an invalid one (say a megabyte
-        # long) must not travel into the reply's AMQP headers.
-        request_id = data.get("request_id") if isinstance(data, dict) else None
-        if isinstance(request_id, str) and 0 < len(request_id.encode("utf-8")) <= MAX_KEY_BYTES:
-            exc.request_id = request_id
-        raise
-
-
-def request_from_map(data: Any, *, size_bytes: int = 0) -> JobRequest:
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"body: expected a map, got {_kind(data)}")
-    model = data.get("model")
-    if "model" not in data:
-        raise InvalidRequest("model: required")
-    if isinstance(model, dict):
-        model_id = _require_name(model, "identifier", "model['identifier']")
-        version = _require_name(model, "version", "model['version']")
-    elif isinstance(model, str):
-        model_id = _check_name(model, "model")
-        if "version" not in data:
-            raise InvalidRequest("version: required when model is a str")
-        version = _check_name(data["version"], "version")
-    else:
-        raise InvalidRequest(f"model: expected map or str, got {_kind(model)}")
-
-    if "sources" not in data:
-        raise InvalidRequest("sources: required")
-    sources, any_bin, any_str = _decode_sources(data["sources"])
-    input_type: InputType = "embedded" if any_bin else "text"
-    if any_bin and any_str:
-        sources = {
-            s: {k: v.encode("utf-8") if isinstance(v, str) else v for k, v in i.items()} for s, i in sources.items()
-        }
-
-    explain = _optional_bool(data, "explain", False)
-    want_results = _optional_bool(data, "results", True)
-    want_updates = _optional_bool(data, "updates", False)
-    timeout_s: float | None = None
-    if data.get("timeout") is not None:
-        timeout = data["timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequest(f"timeout: expected a number of seconds, got {_kind(timeout)}")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise InvalidRequest(f"timeout: expected a positive finite number of seconds, got {timeout!r}")
-        timeout_s = float(timeout)
-    request_id = data.get("request_id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidRequest(f"request_id: expected str, got {_kind(request_id)}")
-    if request_id is not None and not 0 < len(request_id.encode("utf-8")) <= MAX_KEY_BYTES:
-        raise InvalidRequest(f"request_id: expected 1 to {MAX_KEY_BYTES} bytes")
-    ignored = tuple(sorted(str(k) for k in data if k not in _KNOWN_KEYS))
+    fields = decode_fields(body)
     return JobRequest(
-        model_id=model_id,
-        version=version,
-        sources=sources,
-        input_type=input_type,
-        explain=explain,
-        timeout_s=timeout_s,
-        want_results=want_results,
-        want_updates=want_updates,
-        request_id=request_id,
-        size_bytes=size_bytes,
-        ignored_keys=ignored,
+        model_id=fields.model_id,
+        version=fields.version,
+        sources=fields.sources,
+        input_type="embedded" if fields.any_bin else "text",
+        explain=fields.explain,
+        timeout_s=fields.timeout_s,
+        want_results=fields.want_results,
+        want_updates=fields.want_updates,
+        request_id=fields.request_id,
+        size_bytes=len(body),
+        ignored_keys=fields.ignored_keys,
     )
-
-
-def _decode_sources(value: Any) -> tuple[Sources, bool, bool]:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"sources: expected map, got {_kind(value)}")
-    if not value:
-        raise InvalidRequest("sources: expected at least one input item, got an empty map")
-    # The SDK's shorthand: a one-level map {model input: data} is the input item "job".
-    if all(isinstance(v, bytes | str) for v in value.values()):
-        value = {"job": value}
-    if len(value) > MAX_SOURCES:
-        raise InvalidRequest(f"sources: {len(value)} input items exceeds {MAX_SOURCES}")
-    sources: Sources = {}
-    any_bin = any_str = False
-    for source, inputs in value.items():
-        _check_key(source, "sources")
-        path = f"sources[{source!r}]"
-        if not isinstance(inputs, dict):
-            raise InvalidRequest(f"{path}: expected map of model input to bin or str, got {_kind(inputs)}")
-        if not inputs:
-            raise InvalidRequest(f"{path}: expected at least one model input, got an empty map")
-        if len(inputs) > MAX_INPUTS_PER_SOURCE:
-            raise InvalidRequest(f"{path}: {len(inputs)} model inputs exceeds {MAX_INPUTS_PER_SOURCE}")
-        out: dict[str, bytes | str] = {}
-        for key, data in inputs.items():
-            _check_key(key, path)
-            if isinstance(data, bytes):
-                any_bin = True
-            elif isinstance(data, str):
-                any_str = True
-            else:
-                raise InvalidRequest(f"{path}[{key!r}]: expected bin or str, got {_kind(data)}")
-            out[key] = data
-        sources[source] = out
-    return sources, any_bin, any_str
-
-
-def _check_key(key: Any, container: str) -> str:
-    if not isinstance(key, str):
-        raise InvalidRequest(f"{container}: keys must be str, got {_kind(key)}")
-    if not key:
-        raise InvalidRequest(f"{container}: keys must be non-empty")
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise InvalidRequest(f"{container}: key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
-    if "/" in key:
-        raise InvalidRequest(f"{container}: key {key!r} must not contain '/'")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in key):  # C0, DEL and C1 controls
-        raise InvalidRequest(f"{container}: key {key!r} must not contain control characters")
-    return key
-
-
-def _check_name(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{path}: expected str, got {_kind(value)}")
-    return _check_key(value, path)
-
-
-def _require_name(model: dict[Any, Any], key: str, path: str) -> str:
-    if key not in model:
-        raise InvalidRequest(f"{path}: required")
-    return _check_name(model[key], path)
-
-
-def _optional_bool(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{key}: expected bool, got {_kind(value)}")
-    return value
-
-
-def _kind(value: Any) -> str:
-    names = {bytes: "bin", str: "str", dict: "map", list: "array", bool: "bool", int: "int", float: "float"}
-    if value is None:
-        return "nil"
-    return names.get(type(value), type(value).__name__)
 
 
 # -- replies ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pika.adapters.select_connection import IOLoop
 from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
 from worker.edge import EdgeClient
+from worker.edge import make_edge_client as make_edge_transport
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
 from worker.jobs import EdgeGate, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
@@ -41,14 +42,8 @@ class _InFlight:
 
 
 def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
-    return EdgeClient(
-        base_url=config.edge.url,
-        request_timeout_s=config.edge.request_timeout,
-        max_attempts=config.edge.max_attempts,
-        api_key=config.edge.api_key,
-        chunk_encoding=config.edge.chunk_encoding,
-        on_call=metrics.edge_call if metrics is not None else None,
-    )
+    """The edge client `edge.url` names (HTTP/JSON gateway or gRPC), reporting its calls to the metrics."""
+    return make_edge_transport(config.edge, on_call=metrics.edge_call if metrics is not None else None)
 
 
 class Daemon:
