@@ -160,6 +160,7 @@ class Observer:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        print(f"OBSERVER: errors={self.errors} replaced={self.restarts} last_error={self.last_error!r}", flush=True)
 
     def _revive_if_stuck(self) -> None:
         """Replace a thread stuck in one pass; one stuck for good stays behind, and whatever it may still take
