@@ -131,6 +131,12 @@ class Observed:
     dead: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # message_id -> dead-letter headers
 
 
+# An observer pass that has not come back for this long is stuck: after a broker restart, a basic.get on a
+# quorum queue can go unanswered for good while the connection itself stays up (heartbeats flow), so no
+# socket timeout ends it. A new observer thread on a new connection takes over.
+OBSERVER_STALL_S = 10.0
+
+
 class Observer:
     """Takes every reply and dead letter of a test's queues, reconnecting as needed, in a background thread."""
 
@@ -140,8 +146,12 @@ class Observer:
         self.seen = Observed()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
+        self._generation = 0
+        self._thread = threading.Thread(target=self._run, args=(0,), name="observer", daemon=True)
+        self.beat = time.monotonic()
         self.errors = 0
+        self.restarts = 0  # stuck observer threads replaced
+        self.last_error = ""
 
     def __enter__(self) -> Observer:
         self._thread.start()
@@ -150,10 +160,24 @@ class Observer:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        print(f"OBSERVER: errors={self.errors} replaced={self.restarts} last_error={self.last_error!r}", flush=True)
 
-    def _run(self) -> None:
+    def _revive_if_stuck(self) -> None:
+        """Replace a thread stuck in one pass; one stuck for good stays behind, and whatever it may still take
+        is recorded all the same (it was taken off the queue)."""
+        if self._stop.is_set() or time.monotonic() - self.beat < OBSERVER_STALL_S:
+            return
+        self.restarts += 1
+        self._generation += 1
+        print(f"OBSERVER-STUCK: no pass for {time.monotonic() - self.beat:.0f} s; a new thread takes over", flush=True)
+        self.beat = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(self._generation,), name="observer", daemon=True)
+        self._thread.start()
+
+    def _run(self, generation: int) -> None:
         connection: pika.BlockingConnection | None = None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and generation == self._generation:
+            self.beat = time.monotonic()
             try:
                 if connection is None or not connection.is_open:
                     connection = _connect(self._url)
@@ -162,8 +186,9 @@ class Observer:
                 took += self._take(channel, self._queues.dead_letter_queue, self._on_dead)
                 if not took:
                     self._stop.wait(0.02)
-            except (pika.exceptions.AMQPError, OSError):
+            except Exception as exc:  # noqa: BLE001 -- whatever pika raises, the observer must not die
                 self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         connection.close()
@@ -203,10 +228,12 @@ class Observer:
 
     def finished(self, message_ids: list[str]) -> int:
         """How many of these requests have a final reply or a dead-letter copy."""
+        self._revive_if_stuck()
         with self._lock:
             return sum(1 for m in message_ids if m in self.seen.finals or m in self.seen.dead)
 
     def finals_count(self) -> int:
+        self._revive_if_stuck()
         with self._lock:
             return len(self.seen.finals)
 
@@ -218,7 +245,8 @@ class Observer:
             lambda: self.finished(message_ids) == len(message_ids),
             timeout_s,
             interval_s=0.05,
-            what=f"{len(message_ids)} requests to end (now {self.finished(message_ids)})",
+            what=f"{len(message_ids)} requests to end (now {self.finished(message_ids)}; observer: "
+            f"{self.errors} errors, last {self.last_error!r}, {self.restarts} stuck threads replaced)",
         )
 
 

@@ -38,6 +38,7 @@ DOCUMENTED: dict[str, tuple[str, frozenset[str]]] = {
     "edge_worker_edge_errors": ("counter", frozenset({"call", "kind"})),
     "edge_worker_edge_up": ("gauge", frozenset()),
     "edge_worker_broker_connected": ("gauge", frozenset()),
+    "edge_worker_consuming": ("gauge", frozenset()),
     "edge_worker_broker_reconnects": ("counter", frozenset()),
     "edge_worker_replies_published": ("counter", frozenset()),
     "edge_worker_dead_letters": ("counter", frozenset({"code"})),
@@ -141,6 +142,7 @@ def test_scrape_has_every_documented_series_with_counts_that_match(
     assert s.value("edge_worker_dead_letters_total", code="INVALID_REQUEST") == 1
     assert producer.message_count(queues.dead_letter_queue) == 1
     assert s.value("edge_worker_broker_connected") == 1
+    assert s.value("edge_worker_consuming") == 1
     assert s.value("edge_worker_broker_reconnects_total") == 0
     assert s.value("edge_worker_edge_up") == 1
     assert started_at <= s.value("edge_worker_last_job_finished_timestamp_seconds") <= time.time()
@@ -169,7 +171,16 @@ def test_healthz_reports_an_edge_outage_in_the_body_and_stays_200(
     worker_factory(emulator.url, metrics__listen=f"127.0.0.1:{port}", edge__max_attempts=2).start()
     status, doc = healthz(port)
     assert status == 200
-    assert set(doc) == {"status", "version", "main_loop_age_s", "broker_connected", "edge_up", "jobs_in_progress"}
+    assert set(doc) == {
+        "status",
+        "version",
+        "main_loop_age_s",
+        "broker_connected",
+        "edge_up",
+        "consuming",
+        "not_consuming_reason",
+        "jobs_in_progress",
+    }
     assert doc["status"] == "ok"
     assert doc["version"] == __version__
     assert 0 <= doc["main_loop_age_s"] < 2  # the loop ticks every second

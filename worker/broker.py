@@ -3,7 +3,8 @@
 Everything here runs on the one pika IOLoop thread. Worker threads never touch pika objects: they hand
 work back with `IOLoop.add_callback_threadsafe`. SelectConnection (not BlockingConnection) so that
 publisher confirms arrive asynchronously: a request is acknowledged when its reply's confirm comes in,
-without the loop ever waiting for one.
+without the loop ever waiting for one. The deadlines that keep the link from being alive but idle are in
+worker/broker_watch.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,23 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from worker.backoff import backoff_delay
-from worker.broker_setup import QueuePlan, connection_parameters, describe_error, root_cause
+from worker.broker_setup import (
+    QueuePlan,
+    connection_parameters,
+    describe_error,
+    root_cause,
+    setup_error,
+    setup_step_bound,
+)
+from worker.broker_watch import WATCH_TICK_S, Confirms, ReadyProbe, Watch, force_close, size_refusal
 from worker.config import AmqpConfig, broker_urls, describe_url
-from worker.errors import ConfigError, QueueMismatch
+from worker.errors import ConfigError
 
 log = structlog.get_logger("worker.broker")
+
+# The setup's probe publish: the default exchange never routes to an "amq." name (clients cannot declare
+# one), so the broker confirms it at once, unless it blocks publishers (a memory or disk alarm).
+PROBE_ROUTING_KEY = "amq.edge-worker.probe"
 
 
 @dataclass(slots=True)
@@ -36,71 +49,6 @@ class Delivery:
     body: bytes = field(repr=False)  # payload bytes never reach a log line, not even pika's debug reprs
     properties: Any
     redelivered: bool
-
-
-@dataclass(slots=True)
-class _Pending:
-    on_done: Callable[[bool, bool], None]
-    routing_key: str
-    message_id: str | None
-    correlation_id: str | None
-    returned: bool = False
-
-    def matches(self, routing_key: str, properties: Any) -> bool:
-        return (
-            not self.returned
-            and self.routing_key == routing_key
-            and self.message_id == properties.message_id
-            and self.correlation_id == properties.correlation_id
-        )
-
-
-class Confirms:
-    """Publisher confirms on the publish channel: which publish each ack, nack or return belongs to."""
-
-    def __init__(self) -> None:
-        self._pending: dict[int, _Pending] = {}
-        self._publish_seq = 0
-
-    def reset(self) -> None:
-        """A new channel numbers its publishes from 1 again."""
-        self._publish_seq = 0
-        self._pending.clear()
-
-    def add(self, on_done: Callable[[bool, bool], None], routing_key: str, properties: Any) -> None:
-        self._publish_seq += 1
-        self._pending[self._publish_seq] = _Pending(
-            on_done, routing_key, properties.message_id, properties.correlation_id
-        )
-
-    def on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        # A return comes before the confirm of the message it returns, so that message is still pending: the
-        # oldest pending publish to the same queue with the same ids is it (a dead-letter copy may have no
-        # message_id, which is why the match is not by message_id alone).
-        pending = next((p for p in self._pending.values() if p.matches(method.routing_key, properties)), None)
-        log.warning(
-            "broker_publish_returned",
-            routing_key=method.routing_key,
-            reply_code=method.reply_code,
-            reply_text=method.reply_text,
-        )
-        if pending is not None:
-            pending.returned = True
-
-    def on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        confirmed = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
-        for tag in sorted(tags):
-            pending = self._pending.pop(tag, None)
-            if pending is None:
-                continue
-            pending.on_done(confirmed, pending.returned)
-
-    def fail_all(self) -> None:
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
-            item.on_done(False, False)
 
 
 class BrokerLink:
@@ -132,12 +80,21 @@ class BrokerLink:
         self._consume_channel: Any = None
         self._publish_channel: Any = None
         self._consumer_tag: str | None = None
+        self._consume_ok = False
+        self._outstanding: set[int] = set()  # delivery tags on the consume channel not yet acked or nacked
         self._want_consuming = True
         self._confirms = Confirms()
+        self._watch = Watch(confirm_timeout_s=amqp.confirm_timeout, step_bound_s=setup_step_bound(amqp))
+        self._ready_probe = ReadyProbe(
+            self._plan.queue, on_count=self._watch.ready_count, on_gone=self._close_connection
+        )
         self._attempt = 0
         self._closing = False
         self._ready = False
         self._declaring = ""
+        self._blocked: str | None = None
+        self._lost_reason = "connecting to the broker"
+        self._abort_reason: str | None = None
         self.connections_made = 0
 
     # -- state -------------------------------------------------------------------------------------
@@ -145,6 +102,18 @@ class BrokerLink:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def why_not_consuming(self) -> str | None:
+        """None while the consumer is on and the broker takes publishes; else why not, in a few words."""
+        if not self._ready:
+            return self._lost_reason
+        if self._blocked is not None:
+            return f"broker blocked the connection: {self._blocked}"
+        if self._consumer_tag is None:
+            return "consumer paused"
+        if not self._consume_ok:
+            return "waiting for the broker's consume-ok"
+        return None
 
     def is_live(self, delivery: Delivery) -> bool:
         """Whether this delivery can still be acknowledged: its channel is the open consume channel."""
@@ -154,6 +123,7 @@ class BrokerLink:
     # -- connecting --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._ioloop.call_later(WATCH_TICK_S, self._watch_tick)
         self._connect()
 
     def _connect(self) -> None:
@@ -177,15 +147,22 @@ class BrokerLink:
         )
 
     def _schedule_reconnect(self, reason: str) -> None:
+        reason, self._abort_reason = self._abort_reason or reason, None
         self._connection = None
         self._consume_channel = None
         self._publish_channel = None
+        self._ready_probe.reset()
         self._consumer_tag = None
+        self._consume_ok = False
+        self._blocked = None
+        self._outstanding.clear()
+        self._watch.begin("")
         was_ready, self._ready = self._ready, False
         self._confirms.fail_all()
         if self._closing:
             self._ioloop.stop()
             return
+        self._lost_reason = f"broker connection lost: {reason}" if was_ready or self.connections_made else reason
         delay = backoff_delay(self._attempt, base_s=0.5, cap_s=30.0) + 0.1
         log.warning(
             "broker_connection_lost" if was_ready else "broker_connect_failed",
@@ -202,9 +179,18 @@ class BrokerLink:
         self._schedule_reconnect(describe_error(reason))
 
     def _on_connection_open(self, connection: Any) -> None:
-        connection.add_on_connection_blocked_callback(lambda *_: log.warning("broker_flow_blocked"))
-        connection.add_on_connection_unblocked_callback(lambda *_: log.info("broker_flow_unblocked"))
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        self._watch.begin("setup channel open")
         connection.channel(on_open_callback=self._on_setup_channel_open)
+
+    def _on_blocked(self, _connection: Any, frame: Any) -> None:
+        self._blocked = str(getattr(frame.method, "reason", "") or "no reason given")
+        log.warning("broker_flow_blocked", reason=self._blocked)
+
+    def _on_unblocked(self, *_: Any) -> None:
+        self._blocked = None
+        log.info("broker_flow_unblocked")
 
     def _on_setup_channel_open(self, channel: Any) -> None:
         channel.add_on_close_callback(self._on_setup_channel_closed)
@@ -217,6 +203,7 @@ class BrokerLink:
             return
         name = remaining[0]
         self._declaring = name
+        self._watch.begin(f"queue declare {name}")
 
         def declared(_frame: Any) -> None:
             self._declare_next(channel, remaining[1:])
@@ -229,55 +216,64 @@ class BrokerLink:
     def _on_setup_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         code = getattr(reason, "reply_code", None)
         if code in (0, 200):  # we closed it: every queue is in place
-            self._open_publish_channel()
+            self._open_publish_channel(then=self._probe_publish)
             return
         name = self._declaring
         text = getattr(reason, "reply_text", str(reason))
-        if code == 406:
-            self._on_fatal(
-                QueueMismatch(
-                    f"queue {name!r} exists with other arguments than configured: wanted durable with "
-                    f"{self._plan.arguments[name]}; the broker answered: {text}. Delete the queue or change "
-                    "the amqp.* settings to match it"
-                )
-            )
-        elif code == 404:
-            self._on_fatal(
-                ConfigError(
-                    f"queue {name!r} does not exist and amqp.declare is false: declare it, or set amqp.declare = true"
-                )
-            )
-        elif code in (403, 530):
-            self._on_fatal(ConfigError(f"queue {name!r}: access refused by the broker: {text}"))
-        else:
+        error = setup_error(self._plan, name, code, text)
+        if error is None:
             self._close_connection(f"setup channel closed: {code} {text}")
+            return
+        if self.connections_made == 0:
+            self._on_fatal(error)  # at start-up: the configuration is wrong, exit 78
+            return
+        # Once ready, a queue or permission error is a failover in progress (a node going away, a policy being
+        # applied, an operator fixing permissions): keep trying, with backoff, and say why.
+        log.error("broker_setup_failed", queue=name, reply_code=code, error=str(error))
+        self._close_connection(f"setup failed on queue {name!r}: {code} {text}")
 
-    def _open_publish_channel(self) -> None:
+    def _open_publish_channel(self, *, then: Callable[[], None]) -> None:
         assert self._connection is not None
-        self._connection.channel(on_open_callback=self._on_publish_channel_open)
+        self._watch.begin("publish channel open")
 
-    def _on_publish_channel_open(self, channel: Any) -> None:
-        self._publish_channel = channel
-        self._confirms.reset()
-        channel.add_on_close_callback(self._on_work_channel_closed)
-        channel.add_on_return_callback(self._confirms.on_return)
-        channel.confirm_delivery(
-            ack_nack_callback=self._confirms.on_confirm, callback=lambda _f: self._open_consume_channel()
-        )
+        def opened(channel: Any) -> None:
+            self._publish_channel = channel
+            self._confirms.reset()
+            channel.add_on_close_callback(self._on_work_channel_closed)
+            channel.add_on_return_callback(self._confirms.on_return)
+            self._watch.begin("confirm select")
+            channel.confirm_delivery(ack_nack_callback=self._confirms.on_confirm, callback=lambda _f: then())
+
+        self._connection.channel(on_open_callback=opened)
+
+    def _probe_publish(self) -> None:
+        # Consume only once the broker confirms a publish: a broker that blocks publishers would otherwise hand
+        # us deliveries whose replies cannot be confirmed, and every reconnect would cost them a delivery count.
+        self._watch.begin("probe publish confirm")
+
+        def confirmed(ok: bool, _returned: bool) -> None:
+            if ok and self._publish_channel is not None:
+                self._open_consume_channel()
+
+        self.publish(routing_key=PROBE_ROUTING_KEY, body=b"", properties=pika.BasicProperties(), on_done=confirmed)
 
     def _open_consume_channel(self) -> None:
         assert self._connection is not None
+        self._watch.begin("consume channel open")
         self._connection.channel(on_open_callback=self._on_consume_channel_open)
 
     def _on_consume_channel_open(self, channel: Any) -> None:
         self._consume_channel = channel
+        self._outstanding.clear()
         channel.add_on_close_callback(self._on_work_channel_closed)
         channel.add_on_cancel_callback(self._on_broker_cancel)
+        self._watch.begin("basic qos")
         channel.basic_qos(prefetch_count=self._prefetch, callback=self._on_qos_ok)
 
     def _on_qos_ok(self, _frame: Any) -> None:
         self._attempt = 0
         self._ready = True
+        self._watch.setup_done()
         self.connections_made += 1
         log.info(
             "broker_ready",
@@ -285,15 +281,26 @@ class BrokerLink:
             queue=self._plan.queue,
             prefetch=self._prefetch,
         )
+        self._on_ready()  # first: the daemon pauses the consumer here while the edge is down or it drains
         if self._want_consuming:
             self._start_consuming()
-        self._on_ready()
 
     def _on_work_channel_closed(self, channel: Any, reason: BaseException) -> None:
-        # A closed channel makes every delivery tag on it void: the simplest correct recovery is a new
-        # connection, on which the broker redelivers what we had not acknowledged.
         if self._closing and channel is self._consume_channel:
             return
+        refused = size_refusal(reason)
+        if refused is not None and channel is self._publish_channel and self._connection is not None:
+            # One reply over the broker's max_message_size: its owner gets it back as too large; the other
+            # publishes of the channel are lost with it and published again. The consume channel, and with
+            # it every delivery we hold, stays as it is.
+            log.error("broker_refused_message_size", size=refused[0], max_size=refused[1])
+            self._publish_channel = None
+            self._confirms.refuse_for_size(*refused)
+            if self._connection.is_open:
+                self._open_publish_channel(then=self._watch.setup_done)
+            return
+        # A closed channel makes every delivery tag on it void: the simplest correct recovery is a new
+        # connection, on which the broker redelivers what we had not acknowledged.
         self._close_connection(f"channel closed: {describe_error(reason)}")
 
     def _on_broker_cancel(self, _frame: Any) -> None:
@@ -301,11 +308,37 @@ class BrokerLink:
         self._consumer_tag = None
         self._close_connection("consumer cancelled by the broker")
 
-    def _close_connection(self, reason: str) -> None:
+    def _close_connection(self, reason: str, *, force: bool = False) -> None:
         connection = self._connection
-        if connection is not None and connection.is_open:
-            log.warning("broker_reconnecting", reason=reason)
-            connection.close(reply_code=320, reply_text=reason[:200])
+        if self._closing or connection is None or connection.is_closed or (connection.is_closing and not force):
+            return
+        log.warning("broker_reconnecting", reason=reason)
+        self._abort_reason = self._abort_reason or reason
+        if force or not connection.is_open:
+            force_close(connection, reason)
+            return
+        connection.close(reply_code=320, reply_text=reason[:200])
+        # A broker that stopped reading (blocked) never answers the close: drop the socket after a while.
+        self._ioloop.call_later(5.0, lambda: force_close(connection, reason) if not connection.is_closed else None)
+
+    # -- the watch -----------------------------------------------------------------------------------
+
+    def _watch_tick(self) -> None:
+        if self._closing:
+            return
+        self._ioloop.call_later(WATCH_TICK_S, self._watch_tick)
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        problem = self._watch.problem(oldest_unconfirmed_s=self._confirms.oldest_age())
+        if problem is not None:
+            log.error("broker_link_stuck", problem=problem)
+            self._lost_reason = problem
+            self._close_connection(problem, force=True)
+            return
+        consuming = self._consume_ok and self._consumer_tag is not None
+        if consuming and self._watch.wants_ready_probe(has_room=len(self._outstanding) < self._prefetch):
+            self._ready_probe.ask(connection)
 
     # -- consuming ---------------------------------------------------------------------------------
 
@@ -313,10 +346,20 @@ class BrokerLink:
         channel = self._consume_channel
         if channel is None or not channel.is_open or self._consumer_tag is not None:
             return
-        self._consumer_tag = channel.basic_consume(self._plan.queue, self._deliver, auto_ack=False)
+        self._consume_ok = False
+        self._watch.begin("consume-ok")
+
+        def consume_ok(_frame: Any) -> None:
+            self._consume_ok = True
+            self._watch.setup_done()
+
+        self._consumer_tag = channel.basic_consume(self._plan.queue, self._deliver, auto_ack=False, callback=consume_ok)
         log.info("broker_consuming", queue=self._plan.queue)
 
     def _deliver(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        if channel is self._consume_channel:
+            self._outstanding.add(method.delivery_tag)
+        self._watch.delivered()
         self._on_message(Delivery(channel, method.delivery_tag, body, properties, bool(method.redelivered)))
 
     def resume_consuming(self) -> None:
@@ -329,6 +372,9 @@ class BrokerLink:
         self._want_consuming = False
         channel, tag = self._consume_channel, self._consumer_tag
         self._consumer_tag = None
+        self._consume_ok = False
+        if self._watch.step == "consume-ok":
+            self._watch.setup_done()
         if channel is not None and channel.is_open and tag is not None:
             channel.basic_cancel(tag)
             log.info("broker_consumer_paused", queue=self._plan.queue)
@@ -337,12 +383,14 @@ class BrokerLink:
         if not self.is_live(delivery):
             return False
         delivery.channel.basic_ack(delivery.tag)
+        self._outstanding.discard(delivery.tag)
         return True
 
     def requeue(self, delivery: Delivery) -> bool:
         if not self.is_live(delivery):
             return False
         delivery.channel.basic_nack(delivery.tag, requeue=True)
+        self._outstanding.discard(delivery.tag)
         return True
 
     # -- publishing --------------------------------------------------------------------------------
@@ -354,16 +402,19 @@ class BrokerLink:
         body: bytes,
         properties: pika.BasicProperties,
         on_done: Callable[[bool, bool], None],
+        on_too_large: Callable[[int, int], None] | None = None,
     ) -> bool:
-        """Publish through the default exchange, mandatory and persistent; on_done(confirmed, returned) follows.
+        """Publish through the default exchange, mandatory and persistent; on_done(confirmed, returned) follows,
+        or on_too_large(size, limit) when the broker refused the message for its size.
 
         Returns False (and never calls on_done) when there is no open channel to publish on.
         """
         channel = self._publish_channel
         if channel is None or not channel.is_open:
             return False
-        channel.basic_publish("", routing_key, body, properties, mandatory=True)
-        self._confirms.add(on_done, routing_key, properties)
+        mandatory = routing_key != PROBE_ROUTING_KEY
+        channel.basic_publish("", routing_key, body, properties, mandatory=mandatory)
+        self._confirms.add(on_done, routing_key, properties, size=len(body), on_too_large=on_too_large)
         return True
 
     # -- shutting down -----------------------------------------------------------------------------
@@ -374,13 +425,10 @@ class BrokerLink:
             return
         self._closing = True
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
-            if connection.is_open:
-                connection.close()
-            else:
-                self._ioloop.stop()
-        else:
+        if connection is not None and connection.is_open:
+            connection.close()
+        else:  # none, or still opening (pika 1.x has no is_opening: that check raised AttributeError)
             self._ioloop.stop()
 
 
-__all__ = ["BrokerLink", "Delivery", "QueuePlan", "connection_parameters", "describe_error", "root_cause"]
+__all__ = ["BrokerLink", "Confirms", "Delivery", "QueuePlan", "connection_parameters", "describe_error", "root_cause"]

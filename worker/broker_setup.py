@@ -14,10 +14,15 @@ import pika.exceptions
 from pika.adapters.utils import connection_workflow
 
 from worker.config import AmqpConfig
+from worker.errors import ConfigError, QueueMismatch
 
 # How long the broker may keep us blocked (memory or disk alarm) before we drop the connection and try
-# another URL: publishing is impossible meanwhile, and so is acknowledging (acks wait for confirms).
+# another URL: publishing is impossible meanwhile, and so is acknowledging (acks wait for confirms). A publish
+# waiting for its confirm drops the connection sooner, after amqp.confirm_timeout (worker/broker_watch.py);
+# this one also covers a blocked connection with nothing to confirm, and is never shorter than that timeout.
 BLOCKED_CONNECTION_TIMEOUT_S = 120
+# A setup step may take this long at least (or the heartbeat interval, when longer): see setup_step_bound.
+SETUP_STEP_MIN_S = 10.0
 
 
 @dataclass(slots=True)
@@ -50,9 +55,10 @@ class QueuePlan:
 def connection_parameters(amqp: AmqpConfig, url: str) -> pika.URLParameters:
     params = pika.URLParameters(url)
     params.heartbeat = amqp.heartbeat
-    params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
+    params.blocked_connection_timeout = max(BLOCKED_CONNECTION_TIMEOUT_S, amqp.confirm_timeout)
     params.connection_attempts = 1
     params.socket_timeout = 10
+    params.stack_timeout = max(15.0, setup_step_bound(amqp))  # TCP, TLS and the AMQP handshake together
     params.client_properties = {
         "connection_name": f"edge-worker {socket.gethostname()} pid {os.getpid()}",
         "product": "edge-worker",
@@ -66,6 +72,28 @@ def connection_parameters(amqp: AmqpConfig, url: str) -> pika.URLParameters:
             context.verify_mode = ssl.CERT_NONE
         params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
     return params
+
+
+def setup_error(plan: QueuePlan, name: str, code: int | None, text: str) -> Exception | None:
+    """What a queue declare refused by the broker means (406, 404, 403), naming the queue; None for another code."""
+    if code == 406:
+        return QueueMismatch(
+            f"queue {name!r} exists with other arguments than configured: wanted durable with "
+            f"{plan.arguments[name]}; the broker answered: {text}. Delete the queue or change "
+            "the amqp.* settings to match it"
+        )
+    if code == 404:
+        return ConfigError(
+            f"queue {name!r} does not exist and amqp.declare is false: declare it, or set amqp.declare = true"
+        )
+    if code in (403, 530):
+        return ConfigError(f"queue {name!r}: access refused by the broker: {text}")
+    return None
+
+
+def setup_step_bound(amqp: AmqpConfig) -> float:
+    """Seconds one setup step (a channel open, a declare, confirm select, qos, consume-ok) may take."""
+    return max(SETUP_STEP_MIN_S, float(amqp.heartbeat))
 
 
 def root_cause(error: BaseException) -> BaseException:

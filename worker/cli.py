@@ -119,11 +119,39 @@ def _healthcheck(config: Config) -> int:
     edge.close()
     if not edge_ok:
         problems.append(f"edge {config.edge.url} unreachable ({why})")
-    if broker_ok and edge_ok:
+    why_not = _not_consuming(config) if broker_ok and edge_ok else None
+    if broker_ok and edge_ok and why_not is None:
         print(f"ok: broker and edge {config.edge.url} answer")
         return 0
+    if why_not is not None:
+        print(f"not consuming: {why_not}")
+        return 1
     print("unhealthy: " + "; ".join(problems))
     return 1
+
+
+def _not_consuming(config: Config) -> str | None:
+    """With metrics.listen set, the running worker's own word (its /healthz): None while it consumes."""
+    if not config.metrics.listen:
+        return None
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from worker.config import parse_listen  # noqa: PLC0415
+
+    host, port = parse_listen(config.metrics.listen)
+    host = "127.0.0.1" if host in {"0.0.0.0", ""} else ("::1" if host == "::" else host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            doc = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return f"the worker's {url} answered {exc.code}"
+    except (OSError, ValueError) as exc:
+        return f"the worker's {url} does not answer ({type(exc).__name__})"
+    if doc.get("consuming", True):
+        return None
+    return str(doc.get("not_consuming_reason") or "no reason given")
 
 
 def parse_input(spec: str) -> tuple[str, str, bytes | str]:

@@ -35,6 +35,7 @@ class AmqpConfig:
     # Not in the contract's list: the broker's consumer timeout (RabbitMQ's `consumer_timeout`, 30 min by
     # default). The worker refuses a job timeout that could hold a delivery unacknowledged longer.
     consumer_timeout: int = 1800
+    confirm_timeout: float = 30.0
     password_file: str = ""
     tls_ca_file: str = ""
     tls_cert_file: str = ""
@@ -236,6 +237,7 @@ def _validate(config: Config) -> None:
                 f"amqp.reply_to_pattern: not a regular expression ({exc}): {a.reply_to_pattern!r}"
             ) from None
     _check_range("amqp.consumer_timeout", a.consumer_timeout, 60, 7 * 86400)
+    _check_range("amqp.confirm_timeout", a.confirm_timeout, 0.1, 3600)
     for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         value = getattr(a, key)
         if value and not Path(value).is_file():

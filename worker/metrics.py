@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,6 +44,9 @@ class Metrics:
         )
         self.edge_up = Gauge("edge_worker_edge_up", "1 while the edge answers", registry=r)
         self.broker_connected = Gauge("edge_worker_broker_connected", "1 while consuming from the broker", registry=r)
+        self.consuming = Gauge(
+            "edge_worker_consuming", "1 while taking requests (consumer on, publishes confirmed)", registry=r
+        )
         self.reconnects = Counter("edge_worker_broker_reconnects", "Broker connections re-established", registry=r)
         self.replies = Counter("edge_worker_replies_published", "Replies confirmed by the broker", registry=r)
         self.dead_letters = Counter(
@@ -56,6 +60,7 @@ class Metrics:
         self.edge_up.set(1)
         self.last_tick = time.monotonic()
         self._is_broker_connected = False
+        self._why_not_consuming: Callable[[], str | None] = lambda: "starting"
         self._is_edge_up = True
         self._jobs_in_progress = 0
         self._lock = threading.Lock()
@@ -63,6 +68,12 @@ class Metrics:
     def set_broker_connected(self, connected: bool) -> None:
         self._is_broker_connected = connected
         self.broker_connected.set(1 if connected else 0)
+
+    def watch_consuming(self, why_not: Callable[[], str | None]) -> None:
+        """`why_not()` is None while consuming, else why no requests are taken; asked at each scrape and
+        /healthz (from the HTTP thread: it must only read state)."""
+        self._why_not_consuming = why_not
+        self.consuming.set_function(lambda: 0.0 if why_not() else 1.0)
 
     def set_edge_up(self, up: bool) -> None:
         self._is_edge_up = up
@@ -93,6 +104,7 @@ class Metrics:
 
     def health(self, *, stale_after_s: float) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self.last_tick
+        why_not = self._why_not_consuming()
         alive = age < stale_after_s
         doc = {
             "status": "ok" if alive else "stalled",
@@ -100,6 +112,8 @@ class Metrics:
             "main_loop_age_s": round(age, 3),
             "broker_connected": self._is_broker_connected,
             "edge_up": self._is_edge_up,
+            "consuming": why_not is None,
+            "not_consuming_reason": why_not,
             "jobs_in_progress": self._jobs_in_progress,
         }
         return alive, doc

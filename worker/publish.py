@@ -30,6 +30,35 @@ log = structlog.get_logger("worker.service")
 PUBLISH_ATTEMPTS = 6
 PUBLISH_RETRY_CAP_S = 20.0
 
+# shrink(outcome, size, limit): the final reply to publish instead of one the broker refused for its size.
+Shrink = Callable[[Outcome, int, int], bytes]
+
+
+def too_large_reply(outcome: Outcome, size: int, limit: int) -> bytes:
+    """The contract's REPLY_TOO_LARGE reply (§2), made from the refused one: status ERROR, the counts,
+    job_identifier and elapsed_ms kept, results and failures left out, the message naming both sizes.
+
+    A minimal fallback: helper jobsx's reply builder measures replies before they are journaled; this one
+    answers a broker whose max_message_size is below amqp.max_message_bytes."""
+    try:
+        reply = msgpack.unpackb(outcome.reply or b"", raw=False)
+    except ValueError:
+        reply = {}
+    if not isinstance(reply, dict):
+        reply = {}
+    reply.pop("results", None)
+    reply.pop("failures", None)
+    reply["status"] = "ERROR"
+    reply["final"] = True
+    reply["error"] = {
+        "code": "REPLY_TOO_LARGE",
+        "message": f"the reply with results is {size} bytes; the broker refused it as larger than its maximum "
+        f"message size of {limit} bytes",
+        "retryable": False,
+    }
+    body: bytes = msgpack.packb(reply, use_bin_type=True)
+    return body
+
 
 @dataclass(frozen=True, slots=True)
 class _Wiring:
@@ -41,6 +70,7 @@ class _Wiring:
     dead_letter_queue: str
     metrics: Metrics
     may_retry: Callable[[], bool]  # False while the daemon drains: hand back rather than wait
+    shrink: Shrink
 
 
 class Outbox:
@@ -56,8 +86,9 @@ class Outbox:
         metrics: Metrics,
         may_retry: Callable[[], bool],
         on_settled: Callable[[], None],
+        shrink: Shrink = too_large_reply,
     ) -> None:
-        self._wiring = _Wiring(link, ioloop, reply_queue, dead_letter_queue, metrics, may_retry)
+        self._wiring = _Wiring(link, ioloop, reply_queue, dead_letter_queue, metrics, may_retry, shrink)
         self._on_settled = on_settled
         self._publishing: set[_Publication] = set()
 
@@ -106,6 +137,8 @@ class _Publication:
         self._wiring = wiring
         self._link = wiring.link
         self._outcome = outcome
+        self._reply = outcome.reply  # replaced by the shrunk reply when the broker refuses it for its size
+        self._status = _peek_status(outcome)
         self._original = original  # the first delivery: its body and properties go into a dead letter
         self._live = live
         self._on_done = on_done
@@ -129,7 +162,7 @@ class _Publication:
         self._failed = False
         self._started = False
         outcome = self._outcome
-        if outcome.reply is not None:
+        if self._reply is not None:
             self._publish_reply(outcome.route.reply_to or self._wiring.reply_queue, unroutable_from=None)
         if outcome.dead_letter is not None:
             self._publish_dead_letter(outcome.dead_letter.code, outcome.dead_letter.message, outcome.dead_letter.body)
@@ -138,8 +171,8 @@ class _Publication:
             self._finish()
 
     def _publish_reply(self, queue: str, *, unroutable_from: str | None) -> None:
-        assert self._outcome.reply is not None
-        fields = reply_properties_fields(_peek_status(self._outcome), self._outcome.route)
+        assert self._reply is not None
+        fields = reply_properties_fields(self._status, self._outcome.route)
         if unroutable_from is not None:
             fields["headers"]["x-unroutable-reply-to"] = unroutable_from
         props = pika.BasicProperties(**fields)
@@ -158,7 +191,15 @@ class _Publication:
                 return
             self._settle(confirmed, what="reply")
 
-        self._send(queue, self._outcome.reply, props, done)
+        def too_large(size: int, limit: int) -> None:
+            # Published again (by the retry below) as the REPLY_TOO_LARGE reply: never the refused one again.
+            self._waiting -= 1
+            self._reply = self._wiring.shrink(self._outcome, size, limit)
+            self._status = {"status": "ERROR", "final": True}
+            self._log.error("reply_too_large", size=size, max_size=limit, reply_to=queue)
+            self._settle(False, what="reply")
+
+        self._send(queue, self._reply, props, done, too_large)
 
     def _publish_dead_letter(self, code: str, message: str, body: bytes) -> None:
         original = self._original.properties
@@ -190,9 +231,9 @@ class _Publication:
 
         self._send(dead_letter_queue, body, props, done)
 
-    def _send(self, queue: str, body: bytes, props: pika.BasicProperties, done: Any) -> None:
+    def _send(self, queue: str, body: bytes, props: pika.BasicProperties, done: Any, too_large: Any = None) -> None:
         self._waiting += 1
-        if not self._link.publish(routing_key=queue, body=body, properties=props, on_done=done):
+        if not self._link.publish(routing_key=queue, body=body, properties=props, on_done=done, on_too_large=too_large):
             self._waiting -= 1
             self._failed = True  # no channel: the delivery dies with it and comes back
             if self._waiting == 0 and self._started:

@@ -100,6 +100,7 @@ class Daemon:
             may_retry=lambda: not self._draining,
             on_settled=self._maybe_finish_drain,
         )
+        self.metrics.watch_consuming(self._why_not_consuming)
         self._metrics_server: MetricsServer | None = None
         self._runner: JobRunner | None = None
 
@@ -357,6 +358,15 @@ class Daemon:
         self._say(self._status_line())
 
     # -- the loop's heartbeat ----------------------------------------------------------------------
+
+    def _why_not_consuming(self) -> str | None:
+        """For the consuming gauge and /healthz (asked from the HTTP thread: reads state only)."""
+        why = self._link.why_not_consuming()
+        if self._draining:
+            return "draining"
+        if why == "consumer paused" and not self._gate.is_up:
+            return f"edge down: intake paused ({self._config.edge.url} does not answer)"
+        return why
 
     def _tick(self) -> None:
         self.metrics.tick()
