@@ -20,6 +20,7 @@ from pika.adapters.select_connection import IOLoop
 from worker.backoff import backoff_delay
 from worker.broker import BrokerLink, Delivery
 from worker.jobs import Outcome
+from worker.jobs.replies import too_large_encoded
 from worker.messages import ReplyRoute, reply_properties_fields
 from worker.metrics import Metrics
 
@@ -35,29 +36,9 @@ Shrink = Callable[[Outcome, int, int], bytes]
 
 
 def too_large_reply(outcome: Outcome, size: int, limit: int) -> bytes:
-    """The contract's REPLY_TOO_LARGE reply (§2), made from the refused one: status ERROR, the counts,
-    job_identifier and elapsed_ms kept, results and failures left out, the message naming both sizes.
-
-    A minimal fallback: helper jobsx's reply builder measures replies before they are journaled; this one
-    answers a broker whose max_message_size is below amqp.max_message_bytes."""
-    try:
-        reply = msgpack.unpackb(outcome.reply or b"", raw=False)
-    except ValueError:
-        reply = {}
-    if not isinstance(reply, dict):
-        reply = {}
-    reply.pop("results", None)
-    reply.pop("failures", None)
-    reply["status"] = "ERROR"
-    reply["final"] = True
-    reply["error"] = {
-        "code": "REPLY_TOO_LARGE",
-        "message": f"the reply with results is {size} bytes; the broker refused it as larger than its maximum "
-        f"message size of {limit} bytes",
-        "retryable": False,
-    }
-    body: bytes = msgpack.packb(reply, use_bin_type=True)
-    return body
+    """The contract's REPLY_TOO_LARGE reply (§2) for one the broker refused for its size (its max_message_size
+    is below amqp.max_message_bytes): the same builder the runner uses before journaling a reply."""
+    return too_large_encoded(outcome.reply or b"", limit_bytes=limit)
 
 
 @dataclass(frozen=True, slots=True)
