@@ -57,7 +57,7 @@ def pick(data: Mapping[str, Any], camel: str, default: Any = None) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _snake_case(camel: str) -> str:
-    """The snake_case of a lowerCamelCase name (jobIdentifier: job_identifier); cached: the same few field names are asked on every answer."""
+    """The snake_case of a lowerCamelCase name (jobIdentifier: job_identifier); cached, the names are few."""
     return _UPPER.sub(lambda m: "_" + m.group(1).lower(), camel)
 
 
