@@ -7,6 +7,7 @@ it starts is stopped, so tests can run in any order on a shared broker.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -18,13 +19,16 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import pika
 import pika.exceptions
 import pytest
 import structlog
+
+if TYPE_CHECKING:
+    from worker.edge import EdgeClient
 
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -110,15 +114,72 @@ def delete_queues(url: str, names: list[str]) -> None:
 
 @pytest.fixture
 def emulator() -> Iterator[Any]:
-    """The edge emulator, in this process, on a free port; 0.05 s jobs, 8 slots."""
+    """The edge emulator, in this process, on free ports (its gRPC face too, given grpcio); 0.05 s jobs, 8 slots."""
     from worker.emulator import EdgeEmulator, EmulatorConfig
 
-    emu = EdgeEmulator(EmulatorConfig(port=0, latency_s=0.05, capacity=8))
+    emu = EdgeEmulator(EmulatorConfig(port=0, grpc_port=GRPC_PORT, latency_s=0.05, capacity=8))
     emu.start()
     try:
         yield emu
     finally:
         emu.stop()
+
+
+# -- the edge transports ---------------------------------------------------------------------------
+
+TRANSPORTS = ("http", "grpc")
+HAVE_GRPC = importlib.util.find_spec("grpc") is not None  # the optional [grpc] extra
+GRPC_PORT = 0 if HAVE_GRPC else None  # an emulator's grpc_port: a free port, or no gRPC face without grpcio
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_transports: run once over each edge transport (test ids [http] and [grpc])"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked both_transports runs once per transport; the id names it (`-k grpc` selects those)."""
+    if metafunc.definition.get_closest_marker("both_transports") is None:
+        return
+    if "transport" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked both_transports but uses no `transport`")
+    metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
+def transport(request: pytest.FixtureRequest) -> str:
+    """The edge transport of this test: "http" unless the test is marked both_transports."""
+    name: str = getattr(request, "param", "http")
+    if name == "grpc" and not HAVE_GRPC:
+        if os.environ.get("CI"):
+            pytest.fail("grpcio is not installed: CI must install edge-worker[grpc]")
+        pytest.skip("grpcio is not installed (pip install 'edge-worker[grpc]')")
+    return name
+
+
+def edge_url(emu: Any, transport: str) -> str:
+    """The worker's edge.url for this emulator over this transport: its HTTP url or grpc://host:port."""
+    if transport == "grpc":
+        assert emu.grpc_target is not None, "this emulator was started without a gRPC face (grpc_port=0)"
+        return f"grpc://{emu.grpc_target}"
+    assert transport == "http", transport
+    return str(emu.url)
+
+
+def edge_client(emu: Any, transport: str, **settings: Any) -> EdgeClient:
+    """The worker's own edge client for this emulator and transport, via worker.edge.make_edge_client."""
+    from worker.config import EdgeConfig
+    from worker.edge import make_edge_client
+
+    defaults: dict[str, Any] = {"request_timeout": 10, "max_attempts": 2}
+    return make_edge_client(EdgeConfig(url=edge_url(emu, transport), **{**defaults, **settings}))
+
+
+def assert_spoke_only(emu: Any, transport: str) -> None:
+    """Every call the emulator counted came over this transport's face (and some did)."""
+    by_face = emu.stats()["calls_by_face"]
+    assert by_face[transport] > 0 and sum(by_face.values()) == by_face[transport], by_face
 
 
 # -- the worker as a real process ------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Large inputs go the chunked way, byte-identical at every size around the chunk boundary."""
+"""Large inputs go the chunked way, byte-identical at every size around the chunk boundary.
+
+Over gRPC (the tests with ids ending in `grpc`) a chunk is AddInputToJob's raw bytes; over HTTP its body is in
+edge.chunk_encoding's form. The chunk-encoding and gateway-generation tests are HTTP's alone.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Producer, ReplyCollector
+from tests.conftest import GRPC_PORT, Producer, ReplyCollector, edge_client, edge_url
 from worker.edge import HttpEdgeClient
 from worker.emulator import EdgeEmulator, EmulatorConfig
 
@@ -28,7 +32,7 @@ def _small_chunk_config(**kwargs: Any) -> EmulatorConfig:
 
 @pytest.fixture(scope="module")
 def small_chunk_edge() -> Iterator[EdgeEmulator]:
-    emu = EdgeEmulator(_small_chunk_config())
+    emu = EdgeEmulator(_small_chunk_config(grpc_port=GRPC_PORT))
     emu.start()
     yield emu
     emu.stop()
@@ -50,6 +54,11 @@ def _job_record(emu: EdgeEmulator, job_id: str) -> dict[str, Any]:
     return record
 
 
+def _calls_by_face(emu: EdgeEmulator) -> dict[str, int]:
+    by_face: dict[str, int] = emu.stats()["calls_by_face"]
+    return by_face
+
+
 @pytest.mark.parametrize("encoding", ["json", "multipart"])
 @pytest.mark.parametrize("size", SIZES)
 def test_chunked_upload_is_byte_identical_around_the_chunk_size(
@@ -66,15 +75,43 @@ def test_chunked_upload_is_byte_identical_around_the_chunk_size(
     assert record["inputs"]["cam"]["image"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
 
 
+@pytest.mark.parametrize("transport", ["grpc"], indirect=True)  # HTTP's are the encodings above
+@pytest.mark.parametrize("size", SIZES)
+def test_chunked_upload_over_grpc_sends_raw_bytes_byte_identical_around_the_chunk_size(
+    small_chunk_edge: EdgeEmulator, size: int, transport: str
+) -> None:
+    edge = edge_client(small_chunk_edge, transport)
+    try:
+        data = os.urandom(size)
+        before, faces_before = small_chunk_edge.stats()["calls"].get("chunk", 0), _calls_by_face(small_chunk_edge)
+        job = edge.submit_chunked(model_id="sha256", version="1.0.0", sources={"cam": {"image": data}}, explain=False)
+        chunks = small_chunk_edge.stats()["calls"]["chunk"] - before
+        faces = _calls_by_face(small_chunk_edge)
+    finally:
+        edge.close()
+    assert chunks == max(1, math.ceil(size / CHUNK))  # the edge's 1000-byte limit holds for raw bytes
+    # Every call of the upload (features, open, each chunk, close) came over gRPC, none over HTTP.
+    assert faces["http"] == faces_before["http"]
+    assert faces["grpc"] - faces_before["grpc"] >= chunks + 2
+    record = _job_record(small_chunk_edge, job.job_identifier)
+    assert record["input_type"] == "open"
+    # The digest of the bytes the edge appended: the raw input, not an encoding of it.
+    assert record["inputs"]["cam"]["image"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+
+
+@pytest.mark.both_transports
 @pytest.mark.parametrize("size", [CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 1])
 def test_worker_sends_inputs_above_the_embed_limit_in_chunks(
+    *,
     small_chunk_edge: EdgeEmulator,
     worker_factory: Any,
     producer: Producer,
     collector: ReplyCollector,
     size: int,
+    transport: str,
 ) -> None:
-    worker = worker_factory(small_chunk_edge.url, edge__embed_limit=CHUNK - 2).start()
+    faces_before = _calls_by_face(small_chunk_edge)
+    worker = worker_factory(edge_url(small_chunk_edge, transport), edge__embed_limit=CHUNK - 2).start()
     first, second = os.urandom(size), os.urandom(size // 2)
     mid = producer.publish(
         {"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"a": {"x": first}, "b": {"y": second}}}
@@ -85,6 +122,35 @@ def test_worker_sends_inputs_above_the_embed_limit_in_chunks(
     assert reply["results"]["b"]["inputs"]["y"]["sha256"] == hashlib.sha256(second).hexdigest()
     assert _job_record(small_chunk_edge, reply["job_identifier"])["input_type"] == "open"
     assert worker.terminate() == 0
+    faces = _calls_by_face(small_chunk_edge)
+    other = "http" if transport == "grpc" else "grpc"
+    assert faces[other] == faces_before[other] and faces[transport] > faces_before[transport], faces
+
+
+@pytest.mark.both_transports
+@pytest.mark.parametrize("size", [0, 1])
+def test_worker_with_upload_chunked_sends_empty_and_one_byte_inputs_as_one_chunk_each(
+    *,
+    small_chunk_edge: EdgeEmulator,
+    worker_factory: Any,
+    producer: Producer,
+    collector: ReplyCollector,
+    size: int,
+    transport: str,
+) -> None:
+    faces_before, chunks_before = _calls_by_face(small_chunk_edge), small_chunk_edge.stats()["calls"]["chunk"]
+    worker = worker_factory(edge_url(small_chunk_edge, transport), edge__upload="chunked").start()
+    data = os.urandom(size)
+    mid = producer.publish({"model": {"identifier": "sha256", "version": "1.0.0"}, "sources": {"a": {"x": data}}})
+    reply = collector.wait_finals(1)[mid][0]
+    assert reply["status"] == "COMPLETE", reply
+    assert reply["results"]["a"]["inputs"]["x"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": size}
+    assert _job_record(small_chunk_edge, reply["job_identifier"])["input_type"] == "open"
+    assert small_chunk_edge.stats()["calls"]["chunk"] - chunks_before == 1
+    assert worker.terminate() == 0
+    faces = _calls_by_face(small_chunk_edge)
+    other = "http" if transport == "grpc" else "grpc"
+    assert faces[other] == faces_before[other] and faces[transport] > faces_before[transport], faces
 
 
 def test_embedded_job_over_the_gateway_limit_is_refused_with_429(

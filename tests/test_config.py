@@ -65,6 +65,7 @@ def test_defaults_are_the_contracts() -> None:
     assert config.edge.api_key == ""
     assert (config.worker.concurrency, config.worker.state_dir) == (8, "/var/lib/edge-worker")
     assert config.worker.lookahead == 2
+    assert config.worker.journal_max_bytes == 268_435_456
     assert (config.worker.journal_retention, config.worker.drain_timeout) == (86400, 60)
     assert config.worker.max_request_bytes == 67_108_864
     assert (config.log.level, config.log.format) == ("info", "auto")
@@ -293,6 +294,8 @@ def test_wrong_type_in_the_environment_names_the_key(env: dict[str, str], messag
         ("WORKER__LOOKAHEAD", "-1", "worker.lookahead: expected a value from 0 to 64, got -1"),
         ("WORKER__LOOKAHEAD", "65", "worker.lookahead: expected a value from 0 to 64, got 65"),
         ("WORKER__STATE_DIR", "", "worker.state_dir: expected a directory path"),
+        ("WORKER__JOURNAL_MAX_BYTES", "1000", "worker.journal_max_bytes: expected a value from 1048576"),
+        ("WORKER__JOURNAL_MAX_BYTES", "33554432", "worker.journal_max_bytes: 33554432 is less than 4 x amqp.max_message"),
         ("WORKER__DRAIN_TIMEOUT", "-1", "worker.drain_timeout: expected a value from 0"),
         ("WORKER__MAX_REQUEST_BYTES", "100", "worker.max_request_bytes: expected a value from 1024"),
         ("LOG__LEVEL", "verbose", "log.level: expected debug, info, warning, error or critical, got 'verbose'"),

@@ -23,7 +23,15 @@ import msgpack
 import pika
 import pytest
 
-from tests.conftest import Producer, Queues, ReplyCollector, WorkerProcess, wait_until
+from tests.conftest import (
+    Producer,
+    Queues,
+    ReplyCollector,
+    WorkerProcess,
+    assert_spoke_only,
+    edge_url,
+    wait_until,
+)
 from worker.emulator import EdgeEmulator, EmulatorConfig
 
 SHA_MODEL = {"identifier": "sha256", "version": "1.0.0"}
@@ -116,15 +124,17 @@ def channel(url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def worker(emulator: EdgeEmulator, worker_factory: Any) -> WorkerProcess:
-    """One started worker against the emulator, default settings."""
-    started: WorkerProcess = worker_factory(emulator.url).start()
+def worker(emulator: EdgeEmulator, worker_factory: Any, transport: str) -> WorkerProcess:
+    """One started worker against the emulator, default settings, over the test's transport (HTTP unless the
+    test is marked both_transports)."""
+    started: WorkerProcess = worker_factory(edge_url(emulator, transport)).start()
     return started
 
 
 # -- the main path ----------------------------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 def test_multi_source_bytes_arrive_intact_and_complete_with_results(
     emulator: EdgeEmulator,
     worker: WorkerProcess,
@@ -132,6 +142,7 @@ def test_multi_source_bytes_arrive_intact_and_complete_with_results(
     collector: ReplyCollector,
     queues: Queues,
     broker_url: str,
+    transport: str,
 ) -> None:
     sources = {
         "cam-1": {"image": os.urandom(200_000), "mask": bytes(range(256)) * 4},
@@ -160,13 +171,15 @@ def test_multi_source_bytes_arrive_intact_and_complete_with_results(
         assert reply[stamp].endswith("Z"), stamp
     assert isinstance(reply["elapsed_ms"], int)
     assert emulator.stats()["jobs_submitted"] == 1
+    assert_spoke_only(emulator, transport)
     # Acknowledged: nothing comes back to the request queue when the worker stops; nothing dead-lettered.
     assert settled_messages(worker, broker_url, queues.queue) == 0
     assert producer.message_count(queues.dead_letter_queue) == 0
 
 
+@pytest.mark.both_transports
 def test_all_str_request_is_a_text_job(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     sources = {"doc-1": {"input.txt": "Grüße aus dem Edge ☃"}, "doc-2": {"input.txt": "plain"}}
     mid = producer.publish({"model": SHA_MODEL, "sources": sources})
@@ -178,10 +191,12 @@ def test_all_str_request_is_a_text_job(
         expected = {key: digest(text.encode("utf-8")) for key, text in inputs.items()}
         assert job["inputs"][source] == expected
         assert reply["results"][source]["inputs"] == expected
+    assert_spoke_only(emulator, transport)
 
 
+@pytest.mark.both_transports
 def test_mixed_bin_and_str_is_embedded_with_str_as_utf8(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     image, caption = b"\x00\x01\xfe\xff" * 50, "snow ☃ é"
     mid = producer.publish({"model": SHA_MODEL, "sources": {"a": {"image": image, "caption": caption}}})
@@ -190,10 +205,12 @@ def test_mixed_bin_and_str_is_embedded_with_str_as_utf8(
     job = emulator_job(emulator, reply["job_identifier"])
     assert job["input_type"] == "embedded"
     assert job["inputs"] == {"a": {"image": digest(image), "caption": digest(caption.encode("utf-8"))}}
+    assert_spoke_only(emulator, transport)
 
 
+@pytest.mark.both_transports
 def test_one_level_shorthand_is_source_job(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     image = os.urandom(3000)
     mid = producer.publish({"model": SHA_MODEL, "sources": {"image": image}})
@@ -203,6 +220,7 @@ def test_one_level_shorthand_is_source_job(
     assert reply["results"] == {"job": reply["results"]["job"]}
     assert reply["results"]["job"]["inputs"] == {"image": digest(image)}
     assert emulator_job(emulator, reply["job_identifier"])["inputs"] == {"job": {"image": digest(image)}}
+    assert_spoke_only(emulator, transport)
 
 
 def test_str_model_with_version(
@@ -216,8 +234,9 @@ def test_str_model_with_version(
     assert (job["model"], job["version"]) == ("ed542963de", "1.0.1")
 
 
+@pytest.mark.both_transports
 def test_explain_is_passed_through(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     plain = producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"1"}}})
     explained = producer.publish({"model": SHA_MODEL, "sources": {"s": {"i": b"1"}}, "explain": True})
@@ -230,6 +249,7 @@ def test_explain_is_passed_through(
     other = only_final(collector, plain)
     assert other["explain"] is False
     assert emulator_job(emulator, other["job_identifier"])["explain"] is False
+    assert_spoke_only(emulator, transport)
 
 
 def test_results_false_omits_results(
@@ -527,6 +547,7 @@ def test_malformed_requests_are_rejected_dead_lettered_unchanged_and_the_worker_
     assert settled_messages(worker, broker_url, queues.queue) == 0
 
 
+@pytest.mark.both_transports
 def test_unknown_model_replies_error_model_not_found_and_is_not_dead_lettered(
     emulator: EdgeEmulator,
     worker: WorkerProcess,
@@ -534,6 +555,7 @@ def test_unknown_model_replies_error_model_not_found_and_is_not_dead_lettered(
     collector: ReplyCollector,
     queues: Queues,
     broker_url: str,
+    transport: str,
 ) -> None:
     mid = producer.publish(
         {"model": {"identifier": "no-such-model", "version": "9.9.9"}, "sources": {"s": {"i": b"1"}}}
@@ -545,6 +567,8 @@ def test_unknown_model_replies_error_model_not_found_and_is_not_dead_lettered(
     assert reply["error"]["retryable"] is False
     assert reply["job_identifier"] is None
     assert reply["model"]["identifier"] == "no-such-model"
+    assert emulator.stats()["jobs_submitted"] == 0
+    assert_spoke_only(emulator, transport)  # the edge refused it (NOT_FOUND over gRPC, 404 over HTTP)
     assert settled_messages(worker, broker_url, queues.queue) == 0
     assert producer.message_count(queues.dead_letter_queue) == 0
 
@@ -552,8 +576,9 @@ def test_unknown_model_replies_error_model_not_found_and_is_not_dead_lettered(
 # -- timeouts, heartbeats, concurrency --------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 def test_job_outliving_its_timeout_is_cancelled_at_the_edge_and_replies_timeout(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     started = time.monotonic()
     mid = producer.publish({"model": SLEEP_MODEL, "sources": {"job": {"seconds": "30"}}, "timeout": 1})
@@ -564,8 +589,10 @@ def test_job_outliving_its_timeout_is_cancelled_at_the_edge_and_replies_timeout(
     assert 1.0 <= took < 10, f"the reply came after {took:.1f} s for a 1 s timeout"
     stats = emulator.stats()
     assert stats["jobs_canceled"] == 1
+    assert stats["calls"]["cancel"] >= 1
     assert emulator_job(emulator, reply["job_identifier"])["status"] == "CANCELED"
     assert stats["running_now"] == 0
+    assert_spoke_only(emulator, transport)  # the cancel too came over the worker's transport
 
 
 def test_job_longer_than_three_heartbeat_intervals_keeps_the_connection(
@@ -704,8 +731,9 @@ def test_refused_reply_is_retried_while_the_request_is_held_not_dead_lettered(
 # -- failing jobs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 def test_job_whose_inputs_all_fail_replies_failed_with_failures(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     mid = producer.publish({"model": SHA_MODEL, "sources": {"a": {"i": b"FAIL one"}, "b": {"i": b"FAIL two"}}})
     reply = only_final(collector, mid)
@@ -715,10 +743,12 @@ def test_job_whose_inputs_all_fail_replies_failed_with_failures(
     assert reply["failures"]["a"]["source"] == "a"
     assert reply["failed"] == 2
     assert not reply.get("results")
+    assert_spoke_only(emulator, transport)
 
 
+@pytest.mark.both_transports
 def test_partly_failing_job_completes_with_failures_for_the_failing_source(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     good = os.urandom(100)
     mid = producer.publish({"model": SHA_MODEL, "sources": {"good": {"i": good}, "bad": {"i": b"FAIL here"}}})
@@ -729,6 +759,7 @@ def test_partly_failing_job_completes_with_failures_for_the_failing_source(
     assert set(reply["results"]) == {"good"}
     assert reply["results"]["good"]["inputs"] == {"i": digest(good)}
     assert (reply["completed"], reply["failed"]) == (1, 1)
+    assert_spoke_only(emulator, transport)
 
 
 # -- logs -------------------------------------------------------------------------------------------
@@ -823,8 +854,9 @@ def test_request_without_message_id_or_correlation_id_still_completes(
     assert worker_headers(props)["request_id"] == "only-r"
 
 
+@pytest.mark.both_transports
 def test_input_above_the_embed_limit_is_uploaded_in_chunks_and_arrives_intact(
-    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector
+    emulator: EdgeEmulator, worker: WorkerProcess, producer: Producer, collector: ReplyCollector, transport: str
 ) -> None:
     big = os.urandom(3_500_000)  # over edge.embed_limit, and over the emulator's 4 MiB body limit once in base64
     mid = producer.publish({"model": SHA_MODEL, "sources": {"scan": {"volume": big, "note": b"small"}}})
@@ -835,6 +867,7 @@ def test_input_above_the_embed_limit_is_uploaded_in_chunks_and_arrives_intact(
     assert stats["jobs_closed"] == 1  # an open job, filled chunk by chunk, then closed
     assert stats["calls"]["chunk"] >= 4
     assert stats["rejected_too_large"] == 0
+    assert_spoke_only(emulator, transport)
 
 
 def test_reply_path_log_lines_carry_the_job_context(

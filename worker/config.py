@@ -30,6 +30,8 @@ class AmqpConfig:
     delivery_limit: int = 5
     declare: bool = True
     heartbeat: int = 30
+    max_message_bytes: int = 16777216  # the largest reply published (RabbitMQ 4's default max_message_size)
+    reply_to_pattern: str = ""  # a regular expression every reply_to must match in full; empty: any queue
     # Not in the contract's list: the broker's consumer timeout (RabbitMQ's `consumer_timeout`, 30 min by
     # default). The worker refuses a job timeout that could hold a delivery unacknowledged longer.
     consumer_timeout: int = 1800
@@ -65,6 +67,7 @@ class WorkerConfig:
     lookahead: int = 2
     state_dir: str = "/var/lib/edge-worker"
     journal_retention: int = 86400
+    journal_max_bytes: int = 268_435_456
     drain_timeout: float = 60.0
     max_request_bytes: int = 67_108_864
     # Not in the contract's list: how long start-up waits for the broker and the edge before exit 69.
@@ -223,6 +226,15 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"amqp.queue_type: expected 'quorum' or 'classic', got {a.queue_type!r}")
     _check_range("amqp.delivery_limit", a.delivery_limit, 1, 1000)
     _check_range("amqp.heartbeat", a.heartbeat, 0, 3600)
+    # A reply of ours without results is well under 4 KiB; RabbitMQ refuses a max_message_size above 512 MiB.
+    _check_range("amqp.max_message_bytes", a.max_message_bytes, 4096, 536870912)
+    if a.reply_to_pattern:
+        try:
+            re.compile(a.reply_to_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"amqp.reply_to_pattern: not a regular expression ({exc}): {a.reply_to_pattern!r}"
+            ) from None
     _check_range("amqp.consumer_timeout", a.consumer_timeout, 60, 7 * 86400)
     for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         value = getattr(a, key)
@@ -255,6 +267,15 @@ def _validate(config: Config) -> None:
     # At least a minute: a finished reply must outlive its own publish retries (README, "Replies the broker
     # refuses"), or a redelivery would run the job again.
     _check_range("worker.journal_retention", w.journal_retention, 60, 365 * 86400)
+    # The journal keeps final replies of up to amqp.max_message_bytes each; eviction starts at 80 % of the cap
+    # and a reply in flight also passes through the WAL, so a cap under a few replies could not hold one.
+    _check_range("worker.journal_max_bytes", w.journal_max_bytes, 1 << 20, 1 << 40)
+    if w.journal_max_bytes < 4 * a.max_message_bytes:
+        raise ConfigError(
+            f"worker.journal_max_bytes: {w.journal_max_bytes} is less than 4 x amqp.max_message_bytes "
+            f"({a.max_message_bytes}): the journal could not hold a few of the largest replies; raise it or lower "
+            "amqp.max_message_bytes"
+        )
     _check_range("worker.drain_timeout", w.drain_timeout, 0, 86400)
     _check_range("worker.max_request_bytes", w.max_request_bytes, 1024, 1 << 34)
     _check_range("worker.startup_timeout", w.startup_timeout, 0, 3600)

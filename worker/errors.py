@@ -40,6 +40,8 @@ class JobError(EdgeWorkerError):
 
     code = "ERROR"
     retryable = False
+    # The edge job this error ended, when one existed (a chunked upload refused after its open job was made).
+    job_identifier: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None) -> None:
         super().__init__(message)

@@ -35,7 +35,12 @@ _ADDED_COLUMNS = {
     "crashes": "INTEGER NOT NULL DEFAULT 0",  # times a worker process died while running it
     "isolated_crashes": "INTEGER NOT NULL DEFAULT 0",  # ... while running it as the one suspect
     "submitting": "INTEGER NOT NULL DEFAULT 0",  # a submission was sent and its answer not yet recorded
+    "submitting_at": "REAL",  # wall time of the last submitting mark (jobs.adopt looks for the job from then)
 }
+# Each process that opened the journal, and when: a job a dead process submitted was created before the next
+# process opened the journal (jobs.adopt bounds its search for a lost submission's job with it).
+_OPENINGS_SCHEMA = "CREATE TABLE IF NOT EXISTS openings (token TEXT PRIMARY KEY, opened_at REAL NOT NULL)"
+_OPENINGS_KEPT = 1000
 
 # Checkpoints (copying the WAL back into the database, with an fsync) run on a thread of their own, so that no
 # request waits behind one: done by whichever writer crossed sqlite's threshold, a checkpoint stalled every
@@ -59,7 +64,7 @@ _ROW_OVERHEAD_BYTES = 256
 # The WAL is truncated back to this share of the cap after a checkpoint (sqlite keeps its largest size otherwise).
 _WAL_SHARE = 0.10
 
-_COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes, submitting"
+_COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes, submitting, submitting_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class JournalEntry:
     crashes: int = 0
     isolated_crashes: int = 0
     submitting: bool = False  # a process died between sending a submission and recording the edge's answer
+    submitting_at: float | None = None  # wall time the submitting mark was set (before the submission was sent)
     running: bool = False  # record_delivery marked it as run by this process (see mark_running_below)
 
 
@@ -114,6 +120,15 @@ class Journal:
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+        self._db.execute(_OPENINGS_SCHEMA)
+        self.opened_at = time.time()
+        self._db.execute(
+            "INSERT OR REPLACE INTO openings (token, opened_at) VALUES (?, ?)", (self.process_token, self.opened_at)
+        )
+        self._db.execute(
+            "DELETE FROM openings WHERE token NOT IN (SELECT token FROM openings ORDER BY opened_at DESC LIMIT ?)",
+            (_OPENINGS_KEPT,),
+        )
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         # The WAL grows with every commit until a checkpoint: the backstop keeps it within its share of the cap.
         wal_pages = max(16, min(_BACKSTOP_CHECKPOINT_PAGES, int(max_bytes * _WAL_SHARE) // self._page_size))
@@ -263,10 +278,41 @@ class Journal:
     def record_submitting(self, key: str, submitting: bool = True) -> None:
         """A submission is about to go out (True), or ended without a job (False).
 
-        The edge has no idempotency key and no job listing: if the process dies after the edge accepted a
-        job but before record_job, that job cannot be found again. This mark lets the next delivery say so.
+        The edge has no idempotency key: if the process dies after the edge accepted a job but before
+        record_job, only this mark (and its time) lets the next delivery look for that job (jobs.adopt).
         """
-        self._write("UPDATE requests SET submitting = ? WHERE key = ?", (1 if submitting else 0, key))
+        if submitting:
+            self._write("UPDATE requests SET submitting = 1, submitting_at = ? WHERE key = ?", (time.time(), key))
+        else:
+            self._write("UPDATE requests SET submitting = 0 WHERE key = ?", (key,))
+
+    def opened_after(self, moment: float) -> float | None:
+        """When the first process that opened the journal after `moment` did so (None: none since)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(opened_at) FROM openings WHERE opened_at > ?", (moment,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def claimed(self, job_ids: list[str]) -> set[str]:
+        """Which of these edge jobs some journal entry already names."""
+        if not job_ids:
+            return set()
+        marks = ", ".join("?" for _ in job_ids)
+        with self._lock:
+            rows = self._db.execute(f"SELECT job_id FROM requests WHERE job_id IN ({marks})", tuple(job_ids))
+            return {str(row[0]) for row in rows}
+
+    def adopt_job(self, key: str, job_id: str) -> bool:
+        """Record a found job as this key's (record_job), unless another entry already names it."""
+        with self._lock:
+            self._writes += 1
+            return (
+                self._db.execute(
+                    "UPDATE requests SET job_id = ?, submits = submits + 1, submitting = 0, updated_at = ? "
+                    "WHERE key = ? AND NOT EXISTS (SELECT 1 FROM requests WHERE job_id = ? AND key != ?)",
+                    (job_id, time.time(), key, job_id, key),
+                ).rowcount
+                == 1
+            )
 
     def record_job(self, key: str, job_id: str) -> None:
         """The edge accepted a job for this key: from now on a redelivery resumes it."""

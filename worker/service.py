@@ -120,7 +120,11 @@ class Daemon:
             brokers=[describe_url(u) for u in cfg.amqp.url],
         )
         try:
-            self._journal = Journal.in_state_dir(cfg.worker.state_dir, retention_s=cfg.worker.journal_retention)
+            self._journal = Journal.in_state_dir(
+                cfg.worker.state_dir,
+                retention_s=cfg.worker.journal_retention,
+                max_bytes=cfg.worker.journal_max_bytes,
+            )
         except Exception as exc:  # noqa: BLE001 -- sqlite3 and the file system raise many kinds
             log.error(
                 "worker_exit",

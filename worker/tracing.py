@@ -534,10 +534,19 @@ class TracedEdgeClient:
             return canceled
 
     def list_jobs(
-        self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
+        self,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        model_id: str = "",
+        start: str = "",
+        end: str = "",
     ) -> list[JobSummary]:
         with self._call("list", None, traceparent, tracestate) as (carried, state, _):
-            return self.inner.list_jobs(deadline=deadline, traceparent=carried, tracestate=state)
+            return self.inner.list_jobs(
+                deadline=deadline, traceparent=carried, tracestate=state, model_id=model_id, start=start, end=end
+            )
 
 
 def traced_edge(edge: EdgeClient) -> EdgeClient:

@@ -99,7 +99,9 @@ class RetryingEdgeClient:
     def _do_features(self) -> Features:
         raise NotImplementedError
 
-    def _do_list_jobs(self, deadline: float | None, meta: Mapping[str, str]) -> list[JobSummary]:
+    def _do_list_jobs(
+        self, deadline: float | None, meta: Mapping[str, str], wanted: Mapping[str, str]
+    ) -> list[JobSummary]:
         raise NotImplementedError
 
     def _probe_once(self) -> None:
@@ -238,10 +240,14 @@ class RetryingEdgeClient:
         except EdgeAnswerError as exc:
             self._abandon(job_id, meta)
             if exc.unsupported:
-                raise EdgeRejected(f"edge does not support open jobs (chunked upload): {exc.summary}") from None
-            raise submit_error(exc, model_id, version) from None
-        except EdgeError:
+                failure: EdgeError = EdgeRejected(f"edge does not support open jobs (chunked upload): {exc.summary}")
+            else:
+                failure = submit_error(exc, model_id, version)
+            failure.job_identifier = job_id  # the open job existed (and was cancelled): its reply names it
+            raise failure from None
+        except EdgeError as exc:
             self._abandon(job_id, meta)
+            exc.job_identifier = job_id
             raise
         closed.job_identifier = closed.job_identifier or job_id
         closed.maybe_duplicated = opened.maybe_duplicated
@@ -297,10 +303,22 @@ class RetryingEdgeClient:
             raise
 
     def list_jobs(
-        self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
+        self,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        model_id: str = "",
+        start: str = "",
+        end: str = "",
     ) -> list[JobSummary]:
-        """Every job the edge lists (GetJobs, GET /api/jobs): how a job whose receipt was lost is found."""
-        return self._do_list_jobs(deadline, _meta(traceparent, tracestate))
+        """Every job the edge lists (GetJobs, GET /api/jobs): how a job whose receipt was lost is found.
+
+        model_id, start and end (RFC 3339 creation times) are JobFilter's model, start_date and end_date;
+        empty: not filtered.
+        """
+        wanted = {k: v for k, v in (("model", model_id), ("start_date", start), ("end_date", end)) if v}
+        return self._do_list_jobs(deadline, _meta(traceparent, tracestate), wanted)
 
     def close(self) -> None:
         """Release the transport's connections (a no-op where they close themselves)."""

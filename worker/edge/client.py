@@ -91,9 +91,16 @@ class EdgeClient(Protocol):
         ...
 
     def list_jobs(
-        self, *, deadline: float | None = None, traceparent: str | None = None, tracestate: str | None = None
+        self,
+        *,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        model_id: str = "",
+        start: str = "",
+        end: str = "",
     ) -> list[JobSummary]:
-        """Every job the edge lists."""
+        """Every job the edge lists (of one model, created between start and end, RFC 3339, when given)."""
         ...
 
     def close(self) -> None:

@@ -212,8 +212,10 @@ class GrpcEdgeClient(RetryingEdgeClient):
             details = self._invoke(self._jobs.CancelJob, self._job_id(job_id), "cancel", meta, self._timeout_s)
         return EdgeJob.from_answer(as_dict(details), fallback_id=job_id)
 
-    def _do_list_jobs(self, deadline: float | None, meta: Mapping[str, str]) -> list[JobSummary]:
-        listed = self._rpc(self._jobs.GetJobs, jobs_pb2.JobFilter(), "list", meta, deadline=deadline)
+    def _do_list_jobs(
+        self, deadline: float | None, meta: Mapping[str, str], wanted: Mapping[str, str]
+    ) -> list[JobSummary]:
+        listed = self._rpc(self._jobs.GetJobs, jobs_pb2.JobFilter(**wanted), "list", meta, deadline=deadline)
         return [JobSummary.from_answer(as_dict(summary)) for summary in listed.jobs]
 
 

@@ -308,8 +308,11 @@ class HttpEdgeClient(RetryingEdgeClient):
             data = self._request_once("DELETE", path, "cancel", headers=meta)
         return EdgeJob.from_answer(_mapping(data), fallback_id=job_id)
 
-    def _do_list_jobs(self, deadline: float | None, meta: Mapping[str, str]) -> list[JobSummary]:
-        data = self._exchange("GET", "/api/jobs", "list", meta, deadline=deadline)
+    def _do_list_jobs(
+        self, deadline: float | None, meta: Mapping[str, str], wanted: Mapping[str, str]
+    ) -> list[JobSummary]:
+        path = "/api/jobs?" + urllib.parse.urlencode(wanted) if wanted else "/api/jobs"
+        data = self._exchange("GET", path, "list", meta, deadline=deadline)
         items = data if isinstance(data, list) else _mapping(data).get("jobs") or []
         return [JobSummary.from_answer(item) for item in items if isinstance(item, Mapping)]
 

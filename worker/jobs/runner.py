@@ -7,6 +7,7 @@ count the delivery (and isolate suspects), submit, follow, reply.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,12 +26,13 @@ from worker.errors import (
     JobNotFound,
     JobTimeout,
 )
+from worker.jobs.adopt import find_lost_job
 from worker.jobs.follow import DurationEstimator, JobFollower
 from worker.jobs.gate import EdgeGate
 from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
-from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply
+from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply, too_large_reply
 from worker.jobs.submit import Submitter
-from worker.jobs.suspects import CrashBook, SuspectLine
+from worker.jobs.suspects import CrashBook, SuspectLine, Tracked
 from worker.jobs.threads import EdgeSlots, SlotHold
 from worker.journal import Journal
 from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
@@ -51,6 +53,8 @@ class JobSettings:
     upload: str
     embed_limit: int
     queue: str = "edge.jobs"  # the request queue: the name of the job's trace span
+    max_message_bytes: int = 16777216  # amqp.max_message_bytes: a larger final reply is REPLY_TOO_LARGE
+    reply_to_pattern: re.Pattern[str] | None = None  # amqp.reply_to_pattern, compiled; None: any reply_to
 
     @classmethod
     def from_config(cls, cfg: Config) -> JobSettings:
@@ -65,6 +69,8 @@ class JobSettings:
             upload=cfg.edge.upload,
             embed_limit=cfg.edge.embed_limit,
             queue=cfg.amqp.queue,
+            max_message_bytes=cfg.amqp.max_message_bytes,
+            reply_to_pattern=re.compile(cfg.amqp.reply_to_pattern) if cfg.amqp.reply_to_pattern else None,
         )
 
     def timeout_s(self, request: JobRequest) -> float:
@@ -102,11 +108,25 @@ class JobRunner:
         self._crashes = CrashBook(journal, line=self.suspects)
         self._running: dict[str, threading.Event] = {}
         self._running_lock = threading.Lock()
+        self._local = threading.local()  # .call: this thread's handle() in progress
+        self._calls: set[_Call] = set()
+        self._calls_cond = threading.Condition()
 
-    def stop(self) -> None:
-        """The worker exits: jobs still running are abandoned (their requests were handed back)."""
+    def stop(self, *, wait_s: float = 2.0) -> None:
+        """The worker exits: jobs still running are abandoned (their requests were handed back).
+
+        Waits up to wait_s for their threads to say so (each handle() writes its job_finished line); one still
+        blocked in an edge call then gets its job_finished (ABANDONED) from here, so that none goes unlogged.
+        """
         self._stopping.set()
         self.suspects.stop()
+        deadline = time.monotonic() + wait_s
+        with self._calls_cond:
+            while self._calls and (left := deadline - time.monotonic()) > 0:
+                self._calls_cond.wait(left)
+            stuck = list(self._calls)
+        for call in stuck:
+            call.finish(status="ABANDONED", duration_s=time.monotonic() - call.started, reason="worker exiting")
 
     def _pause(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
@@ -128,24 +148,50 @@ class JobRunner:
     def _handle_delivery(
         self, body: bytes, properties: Any, route: ReplyRoute, trace: dict[str, str], received_at: float | None
     ) -> Outcome:
-        """Process one delivery to its outcome. Never raises: a bug hands the delivery back."""
+        """Process one delivery to its outcome. Never raises: a bug hands the delivery back.
+
+        Every call ends with exactly one `job_finished` line and one metrics.job_finished (the in-progress
+        gauge comes back down), whichever way it ends: a reply, a replay, a dead letter, a hand-back.
+        """
         started = time.monotonic()
         self._metrics.job_started()
         bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id, **trace)
+        call = self._local.call = _Call(bound, started)
+        with self._calls_cond:
+            self._calls.add(call)
         try:
             outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
             if isinstance(exc, Abandoned) or self._stopping.is_set():
                 bound.info("job_abandoned", reason="worker exiting; the request was handed back")
-                return Outcome(route=route, status="ABANDONED", requeue=True)
-            bound.exception("job_internal_error")
-            self._metrics.job_finished("REQUEUED", time.monotonic() - started)
-            return Outcome(route=route, status="REQUEUED", requeue=True)
-        self._metrics.job_finished(outcome.status, time.monotonic() - started)
+                outcome = Outcome(route=route, status="ABANDONED", requeue=True)
+            else:
+                bound.exception("job_internal_error")
+                outcome = Outcome(route=route, status="REQUEUED", requeue=True)
+        duration = time.monotonic() - started
+        # The paths that end without a reply of their own (a hand-back, an internal error) say so here.
+        call.finish(status=outcome.status, duration_s=duration, quiet=True)
+        self._metrics.job_finished(outcome.status, duration)
+        self._local.call = None
+        with self._calls_cond:
+            self._calls.discard(call)
+            self._calls_cond.notify_all()
         return outcome
+
+    def _log_finished(self, bound: Any, *, status: str, duration_s: float, **fields: Any) -> None:
+        """The one job_finished line of this thread's handle() call, with the job's own context (bound)."""
+        call: _Call | None = getattr(self._local, "call", None)
+        if call is None:  # not inside handle(): nothing to count
+            bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
+            return
+        call.bound = bound
+        call.finish(status=status, duration_s=duration_s, **fields)
 
     def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any, received_at: float) -> Outcome:
         content_type = getattr(properties, "content_type", None)
+        pattern = self._settings.reply_to_pattern
+        if route.reply_to is not None and pattern is not None and pattern.fullmatch(route.reply_to) is None:
+            return self._forbidden(body, content_type, route, bound)
         try:
             request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
         except InvalidRequest as exc:
@@ -153,9 +199,14 @@ class JobRunner:
             bound.warning(
                 "request_rejected", request_id=route.request_id, code=exc.code, error=exc.message, size_bytes=len(body)
             )
-            bound.info("job_finished", status="REJECTED", code=exc.code, duration_s=0.0, request_id=route.request_id)
             dead = DeadLetter(body=body, code=exc.code, message=exc.message)
-            return self._final(route, rejected_reply(route, exc), key=None, dead_letter=dead)
+            return self._final(
+                route,
+                rejected_reply(route, exc),
+                key=None,
+                dead_letter=dead,
+                bound=bound.bind(request_id=route.request_id),
+            )
         route = replace(route, request_id=request.request_id)
         bound = bound.bind(request_id=route.request_id, model=request.model_id, version=request.version)
         if request.ignored_keys:
@@ -169,6 +220,26 @@ class JobRunner:
         finally:
             if owned:
                 self._release(key)
+
+    def _forbidden(self, body: bytes, content_type: str | None, route: ReplyRoute, bound: Any) -> Outcome:
+        """A reply_to outside amqp.reply_to_pattern: REJECTED to amqp.reply_queue, the request dead-lettered."""
+        try:
+            request_id = decode_request(
+                body, content_type, max_request_bytes=self._settings.max_request_bytes
+            ).request_id
+        except InvalidRequest as exc:
+            request_id = exc.request_id
+        error = JobError(
+            f"reply_to {route.reply_to!r} does not match amqp.reply_to_pattern: replies go only to the queues the "
+            "operator allows",
+            code="REPLY_TO_FORBIDDEN",
+        )
+        # No reply_to: the broker layer sends it to amqp.reply_queue; the forbidden queue gets nothing.
+        route = replace(route, reply_to=None, request_id=request_id)
+        bound = bound.bind(request_id=request_id)
+        bound.warning("request_rejected", code=error.code, error=error.message, size_bytes=len(body))
+        dead = DeadLetter(body=body, code=error.code, message=error.message)
+        return self._final(route, rejected_reply(route, error), key=None, dead_letter=dead, bound=bound)
 
     # -- one run per idempotency key -----------------------------------------------------------------
 
@@ -241,9 +312,30 @@ class JobRunner:
         slot: SlotHold,
     ) -> Outcome:
         tracked = self._crashes.record_delivery(key, body)
+        try:
+            return self._handle_tracked(
+                tracked, properties, route, request, key=key, body=body, bound=bound, received_at=received_at, slot=slot
+            )
+        finally:
+            self._crashes.done(tracked)
+
+    def _handle_tracked(
+        self,
+        tracked: Tracked,
+        properties: Any,
+        route: ReplyRoute,
+        request: JobRequest,
+        *,
+        key: str | None,
+        body: bytes,
+        bound: Any,
+        received_at: float,
+        slot: SlotHold,
+    ) -> Outcome:
         entry = tracked.entry
         if entry is not None and entry.reply is not None and key is not None:
             bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
+            self._log_finished(bound, status="REPLAYED", duration_s=0.0, job_identifier=entry.job_id)
             return Outcome(route=route, status="REPLAYED", reply=entry.reply)
         deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
         if deliveries > self._settings.delivery_limit:
@@ -254,13 +346,19 @@ class JobRunner:
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
         journal_key = key if entry is not None else None
-        if entry is not None and entry.submitting and key is not None:
-            bound.warning(
-                "edge_job_maybe_duplicated",
-                reason="a worker died while the edge was answering this request's submission: the edge may hold "
-                "a job whose id never reached the journal; submitting again",
-                previous_job_identifier=entry.job_id,
+        if entry is not None and entry.submitting and key is not None and self._journal is not None:
+            # A worker died while the edge was answering this request's submission: look for that job.
+            found = find_lost_job(
+                self._edge,
+                self._journal,
+                entry,
+                request,
+                deadline=time.monotonic() + min(self._settings.timeout_s(request), 60.0),
+                bound=bound,
             )
+            if found is not None:
+                resume_id = found
+                submits += 1
         return self._crashes.run(
             tracked,
             deliveries=deliveries,
@@ -329,8 +427,6 @@ class JobRunner:
                     job_id = job.job_identifier
                     submits += 1
                     bound = bound.bind(job_identifier=job_id)
-                    if key is not None and self._journal is not None:
-                        self._journal.record_job(key, job_id)
                     bound.info(
                         "job_submitted",
                         input_type=request.input_type,
@@ -370,15 +466,16 @@ class JobRunner:
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._follower.fetch_results(job_id, deadline, bound)
         reply = final_reply(job, results, request, route)
-        bound.info(
-            "job_finished",
-            status=reply["status"],
-            duration_s=round(time.monotonic() - started, 4),
+        return self._final(
+            route,
+            reply,
+            key=key,
+            bound=bound,
+            started=started,
             edge_elapsed_ms=job.elapsed_ms,
             completed=job.completed,
             failed=job.failed,
         )
-        return self._final(route, reply, key=key)
 
     def _cancel(self, job_id: str, bound: Any) -> None:
         try:
@@ -403,20 +500,66 @@ class JobRunner:
         job_id: str | None = None,
     ) -> Outcome:
         reply = error_reply(route, request, job, error, job_id=job_id)
-        duration = 0.0 if started is None else time.monotonic() - started
-        bound.info(
-            "job_finished", status=reply["status"], code=error.code, error=error.message, duration_s=round(duration, 4)
-        )
         dead = DeadLetter(body=body, code=error.code, message=error.message) if body is not None else None
-        return self._final(route, reply, key=key, dead_letter=dead)
+        return self._final(
+            route, reply, key=key, dead_letter=dead, bound=bound, started=started, code=error.code, error=error.message
+        )
 
     def _final(
-        self, route: ReplyRoute, reply: dict[str, Any], *, key: str | None, dead_letter: DeadLetter | None = None
+        self,
+        route: ReplyRoute,
+        reply: dict[str, Any],
+        *,
+        key: str | None,
+        bound: Any,
+        dead_letter: DeadLetter | None = None,
+        started: float | None = None,
+        **fields: Any,
     ) -> Outcome:
-        """The final reply, encoded and (for a request with an id) recorded in the journal before it is sent."""
+        """The final reply, encoded, measured, and (for a request with an id) journaled before it is sent.
+
+        A reply over amqp.max_message_bytes is replaced here by ERROR/REPLY_TOO_LARGE, and that is what the
+        journal keeps: a redelivery replays a reply the broker takes.
+        """
         encoded = encode_reply(reply)
+        limit = self._settings.max_message_bytes
+        if len(encoded) > limit:
+            size = len(encoded)
+            reply = too_large_reply(reply, size_bytes=size, limit_bytes=limit)
+            encoded = encode_reply(reply)
+            bound.warning(
+                "reply_too_large", job_identifier=reply.get("job_identifier"), size_bytes=size, limit_bytes=limit
+            )
+            fields.update(code="REPLY_TOO_LARGE", error=reply["error"]["message"])
+        error = reply.get("error")
+        if isinstance(error, dict) and "code" not in fields:
+            fields.update(code=error.get("code"), error=error.get("message"))
         journaled = False
         if key is not None and self._journal is not None:
             self._journal.record_reply(key, encoded)
             journaled = True
+        duration = 0.0 if started is None else time.monotonic() - started
+        self._log_finished(bound, status=reply["status"], duration_s=duration, **fields)
         return Outcome(route=route, status=reply["status"], reply=encoded, dead_letter=dead_letter, journaled=journaled)
+
+
+class _Call:
+    """One handle() call: its job_finished line is written once, by whichever path ends it first."""
+
+    __slots__ = ("_done", "_lock", "bound", "started")
+
+    def __init__(self, bound: Any, started: float) -> None:
+        self.bound = bound
+        self.started = started
+        self._done = False
+        self._lock = threading.Lock()
+
+    def finish(self, *, status: str, duration_s: float, quiet: bool = False, **fields: Any) -> None:
+        """Write job_finished unless written already (then, unless quiet, a second attempt is a bug: said so)."""
+        with self._lock:
+            done, self._done = self._done, True
+        if done:
+            if not quiet:
+                self.bound.error("job_finished_twice", status=status)
+            return
+        self.bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)

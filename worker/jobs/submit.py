@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.edge import EdgeClient, EdgeJob, Features
 from worker.errors import EdgeRejected, EdgeUnavailable
+from worker.jobs.adopt import SubmitWindows, shape_of
 from worker.jobs.gate import EdgeGate
 from worker.journal import Journal
 from worker.messages import JobRequest
@@ -23,9 +24,21 @@ class Submitter:
         self._gate = gate
         self._journal = journal
         self._settings = settings
+        self._windows = SubmitWindows()
 
     def submit(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
-        """Submit, with the journal marking the moment the edge may know a job the journal does not."""
+        """Submit, with the journal marking the moment the edge may know a job the journal does not.
+
+        From that mark until the job's id is journaled, no other submission of the same shape goes out from this
+        process (jobs.adopt: what lets the next process find the job if this one dies in between).
+        """
+        with self._windows.window(shape_of(request)):
+            job = self._submit(request, deadline, key, bound)
+            if key is not None and self._journal is not None:
+                self._journal.record_job(key, job.job_identifier)
+            return job
+
+    def _submit(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
         unanswered = False
 
         def attempt() -> EdgeJob:

@@ -89,6 +89,7 @@ class Tracked:
     tracking_key: str
     key: str | None
     entry: JournalEntry | None  # None without a journal
+    slot: tuple[str, int] | None = None  # a request without an id: (its digest, its place among the same bytes)
 
 
 class CrashBook:
@@ -97,18 +98,48 @@ class CrashBook:
     def __init__(self, journal: Journal | None, *, line: SuspectLine) -> None:
         self._journal = journal
         self._line = line
+        self._slots_lock = threading.Lock()
+        self._slots: dict[str, set[int]] = {}  # digest -> the places taken by deliveries of those bytes here
 
     def record_delivery(self, key: str | None, body: bytes) -> Tracked:
-        """Count this delivery; the entry says how often it came, crashed, and whether it has its reply."""
+        """Count this delivery; the entry says how often it came, crashed, and whether it has its reply.
+
+        Every call is followed by done() once the delivery is handled.
+        """
         # Requests without an id are tracked by their body: enough to count deliveries and crashes, never to
-        # resume or replay (two producers may send the same bytes).
-        tracking_key = key or "sha256:" + hashlib.sha256(body).hexdigest()
+        # resume or replay (two producers may send the same bytes). Identical bytes in flight at once are not
+        # redeliveries of each other: each takes the lowest place free among them here (sha256:<d>, then
+        # sha256:<d>#1, ...), so a burst of the same request counts one delivery each, and after a crash the
+        # copies that come back count again against the places they take.
+        slot: tuple[str, int] | None = None
+        if key is None:
+            digest = hashlib.sha256(body).hexdigest()
+            with self._slots_lock:
+                taken = self._slots.setdefault(digest, set())
+                place = next(i for i in itertools.count() if i not in taken)
+                taken.add(place)
+            slot = (digest, place)
+            tracking_key = f"sha256:{digest}" if place == 0 else f"sha256:{digest}#{place}"
+        else:
+            tracking_key = key
         entry = None
         if self._journal is not None:
             # Marked as run by this process in the same commit, unless it is a suspect (marked in run(), once it
             # is its turn) or already finished.
             entry = self._journal.record_delivery(tracking_key, mark_running_below=SUSPECT_AFTER_CRASHES)
-        return Tracked(tracking_key, key, entry)
+        return Tracked(tracking_key, key, entry, slot)
+
+    def done(self, tracked: Tracked) -> None:
+        """The delivery is handled (its place among identical bytes is free again)."""
+        if tracked.slot is None:
+            return
+        digest, place = tracked.slot
+        with self._slots_lock:
+            taken = self._slots.get(digest)
+            if taken is not None:
+                taken.discard(place)
+                if not taken:
+                    del self._slots[digest]
 
     def give_up(self, tracked: Tracked) -> None:
         """The delivery limit is reached: the request is dead-lettered, not run."""
