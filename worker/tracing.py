@@ -63,7 +63,7 @@ class TraceContext:
 
     def child(self) -> TraceContext:
         """A new span in the same trace (a new span id; same flags and tracestate)."""
-        return replace(self, span_id=new_span_id())
+        return TraceContext(self.trace_id, new_span_id(), self.flags, self.tracestate)
 
 
 def new_span_id() -> str:
@@ -274,6 +274,11 @@ class JobTrace:
             return route
         return replace(route, traceparent=self.context.traceparent, tracestate=self.context.tracestate)
 
+    @property
+    def recording(self) -> bool:
+        """Whether OpenTelemetry records this job's spans (else its edge calls only carry a child traceparent)."""
+        return self._span is not None and self._tracer is not None
+
     def finish(self, status: str, *, code: str | None = None) -> None:
         """Record the outcome on the job's span: an error status for outcomes that are not a success."""
         if self._span is not None and status in _FAILED_OUTCOMES:
@@ -285,7 +290,7 @@ class JobTrace:
         if self.context is None:
             yield EdgeCall(None)
             return
-        if self._span is None or self._tracer is None:
+        if not self.recording:
             yield EdgeCall(self.context.child().traceparent)
             return
         from opentelemetry import trace  # noqa: PLC0415
@@ -440,6 +445,9 @@ class TracedEdgeClient:
         job = _current.get()
         if traceparent is not None or job is None or job.context is None:
             yield traceparent, tracestate, None
+            return
+        if not job.recording:  # no span to describe: only the child traceparent travels
+            yield job.context.child().traceparent, job.context.tracestate, None
             return
         name, attributes = self._describe(call, job_id)
         with job.edge_call(name, attributes) as edge_call:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ TERMINAL_STATUSES = frozenset({"COMPLETE", "CANCELED", "FAILED", "TIMEOUT", "ERR
 _STATUS_SPELLINGS = {"COMPLETED": "COMPLETE", "CANCELLED": "CANCELED", "TIMEDOUT": "TIMEOUT"}
 _KNOWN_PENDING = frozenset({"SUBMITTED", "QUEUED", "IN_PROGRESS", "FETCHING", "OPEN", "UNKNOWN", ""})
 _seen_unknown_statuses: set[str] = set()
+_UPPER = re.compile(r"([A-Z])")
 DEFAULT_CHUNK_BYTES = 1 << 20  # the SDK's fallback when the edge does not say
 
 
@@ -50,8 +52,13 @@ def pick(data: Mapping[str, Any], camel: str, default: Any = None) -> Any:
     """A field in lowerCamelCase or snake_case, whichever the answer used."""
     if camel in data:
         return data[camel]
-    snake = re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
-    return data.get(snake, default)
+    return data.get(_snake_case(camel), default)
+
+
+@functools.lru_cache(maxsize=256)
+def _snake_case(camel: str) -> str:
+    """The snake_case of a lowerCamelCase name (jobIdentifier: job_identifier); cached, the names are few."""
+    return _UPPER.sub(lambda m: "_" + m.group(1).lower(), camel)
 
 
 def as_int(value: Any) -> int:
