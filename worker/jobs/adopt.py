@@ -7,9 +7,11 @@ exactly one job can be this submission's, by a rule that leaves no room for anot
 
 - Submissions of the same shape (model, version and set of source names: all the edge shows of a job) go
   out one at a time per process, from the submitting mark until the edge's answer is journaled, and the
-  next such mark falls in a later millisecond than the last release (SubmitWindows below). So a dead
-  process left at most one same-shape submission unanswered, and every other same-shape job it made was
-  created before that mark and is named by its journal entry, or was created in an earlier millisecond.
+  next such mark falls in a later millisecond than the last release of a hold that may have left a job no
+  entry names (a retried or failed submission, a chunked upload, a request without an id; SubmitWindows
+  below). So a dead process left at most one same-shape submission unanswered, and every other same-shape
+  job it made was created before that mark and is named by its journal entry, or was created in an earlier
+  millisecond.
 - A candidate is a job of the request's model and version, with exactly the request's source names, not
   OPEN (an upload cut halfway is no job to follow), created at or after the mark's millisecond and before
   the next process opened the journal (the dead process was gone by then), and named by no journal entry.
@@ -58,7 +60,8 @@ class SubmitWindows:
         self._shapes: dict[Shape, _Window] = {}
 
     @contextmanager
-    def window(self, shape: Shape) -> Iterator[None]:
+    def window(self, shape: Shape) -> Iterator[WindowHold]:
+        """Hold this shape's window for one submission; mark the hold clean when it leaves no stray job."""
         with self._lock:
             window = self._shapes.get(shape)
             if window is None:
@@ -70,20 +73,33 @@ class SubmitWindows:
             window.users += 1
         try:
             with window.lock:
-                # At most a millisecond (the edge's resolution), slept once: a loop of short sleeps woke the
-                # thread five times per submission and cost CPU on every same-shape job (bench, profile.md).
+                # The next mark goes in a later millisecond (the edge's resolution) than the release of a hold
+                # that may have left a job no journal entry names. A clean hold (one answered attempt, its id
+                # journaled) leaves none, so it does not make the next one wait: waiting after every
+                # submission made same-shape jobs at concurrency 8 no faster than at 1 (bench, profile.md).
                 wait_s = (window.released_ms + 1) / 1000 + 1e-5 - time.time()
                 if wait_s > 0:
                     time.sleep(wait_s)
                 while _ms(time.time()) <= window.released_ms:  # a clock that sleeps short: rare
                     time.sleep(0.0002)
+                hold = WindowHold()
                 try:
-                    yield
+                    yield hold
                 finally:
-                    window.released_ms = _ms(time.time())
+                    if not hold.clean:
+                        window.released_ms = _ms(time.time())
         finally:
             with self._lock:
                 window.users -= 1
+
+
+class WindowHold:
+    """One submission's hold of its shape's window; `clean` once its one answered job is journaled."""
+
+    __slots__ = ("clean",)
+
+    def __init__(self) -> None:
+        self.clean = False
 
 
 class _Window:

@@ -32,17 +32,21 @@ class Submitter:
         From that mark until the job's id is journaled, no other submission of the same shape goes out from this
         process (jobs.adopt: what lets the next process find the job if this one dies in between).
         """
-        with self._windows.window(shape_of(request)):
-            job = self._submit(request, deadline, key, bound)
+        with self._windows.window(shape_of(request)) as hold:
+            job, answered_once = self._submit(request, deadline, key, bound)
             if key is not None and self._journal is not None:
                 self._journal.record_job(key, job.job_identifier)
+                hold.clean = answered_once  # the edge holds this one job for it, and the journal names it
             return job
 
-    def _submit(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> EdgeJob:
+    def _submit(self, request: JobRequest, deadline: float, key: str | None, bound: Any) -> tuple[EdgeJob, bool]:
+        """The job, and whether it came from the only attempt that may have reached the edge."""
         unanswered = False
+        attempts = 0
 
         def attempt() -> EdgeJob:
-            nonlocal unanswered
+            nonlocal unanswered, attempts
+            attempts += 1
             try:
                 job = self._send(request, deadline)
             except EdgeUnavailable as exc:
@@ -66,15 +70,18 @@ class Submitter:
                 "it was submitted again, and the edge may hold a job no reply will name",
                 job_identifier=job.job_identifier,
             )
-        return job
+        # A chunked upload may have cancelled and restarted an open job inside the client: never "once".
+        return job, attempts == 1 and not unanswered and not self._is_chunked(request)
 
-    def _send(self, request: JobRequest, deadline: float) -> EdgeJob:
-        chunked = self._settings.upload == "chunked" or (
+    def _is_chunked(self, request: JobRequest) -> bool:
+        return self._settings.upload == "chunked" or (
             self._settings.upload == "auto"
             and request.input_type == "embedded"
             and sum(sum(sizes.values()) for sizes in request.input_sizes().values()) > self._settings.embed_limit
         )
-        if chunked:
+
+    def _send(self, request: JobRequest, deadline: float) -> EdgeJob:
+        if self._is_chunked(request):
             # The upload reads the edge's features anyway (for the chunk size): its limits are checked first, so
             # that a request the edge would refuse halfway through is refused before any chunk is sent.
             _check_edge_limits(request, self._edge.features())
