@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -141,88 +141,53 @@ class JobRunner:
         if request.ignored_keys:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
+        delivery = _Delivery(body, properties, route, request, key, bound, received_at)
         if key is None:
-            return self._in_slot(body, properties, route, request, key=None, bound=bound, received_at=received_at)
+            return self._in_slot(delivery)
         # A redelivery of a request still running here waits for that run, then replays or resumes it.
         owned = self._claims.claim(key, self._settings.timeout_s(request) + 60, bound)
         try:
-            return self._in_slot(body, properties, route, request, key=key, bound=bound, received_at=received_at)
+            return self._in_slot(delivery)
         finally:
             if owned:
                 self._claims.release(key)
 
     # -- an edge slot (worker.concurrency of them; worker.lookahead more deliveries wait here) ---------
 
-    def _in_slot(
-        self,
-        body: bytes,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        bound: Any,
-        received_at: float,
-    ) -> Outcome:
+    def _in_slot(self, d: _Delivery) -> Outcome:
         """Wait (decoded) for an edge slot, up to the request's timeout counted from its receipt, then run."""
         slot = SlotHold(self._slots)
-        if not slot.take(received_at + self._settings.timeout_s(request)):
-            waited = time.monotonic() - received_at
+        if not slot.take(d.received_at + self._settings.timeout_s(d.request)):
+            waited = time.monotonic() - d.received_at
             held = JobTimeout(f"the request's timeout passed while it waited {waited:.3f} s for a free edge slot")
-            return self._finish.error(route, request, None, held, bound, started=received_at)
+            return self._finish.error(d.route, d.request, None, held, d.bound, started=d.received_at)
         try:
-            return self._handle_request(
-                body, properties, route, request, key=key, bound=bound, received_at=received_at, slot=slot
-            )
+            return self._handle_request(d, slot)
         finally:
             slot.release()
 
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
-    def _handle_request(
-        self,
-        body: bytes,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        bound: Any,
-        received_at: float,
-        slot: SlotHold,
-    ) -> Outcome:
-        tracked = self._crashes.record_delivery(key, body)
+    def _handle_request(self, d: _Delivery, slot: SlotHold) -> Outcome:
+        tracked = self._crashes.record_delivery(d.key, d.body)
         try:
-            return self._handle_tracked(
-                tracked, properties, route, request, key=key, body=body, bound=bound, received_at=received_at, slot=slot
-            )
+            return self._handle_tracked(tracked, d, slot)
         finally:
             self._crashes.done(tracked)
 
-    def _handle_tracked(
-        self,
-        tracked: Tracked,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        body: bytes,
-        bound: Any,
-        received_at: float,
-        slot: SlotHold,
-    ) -> Outcome:
+    def _handle_tracked(self, tracked: Tracked, d: _Delivery, slot: SlotHold) -> Outcome:
+        route, request, key, bound = d.route, d.request, d.key, d.bound
         entry = tracked.entry
         if entry is not None and entry.reply is not None and key is not None:
             bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
             self._calls.log_finished(bound, status="REPLAYED", duration_s=0.0, job_identifier=entry.job_id)
             return Outcome(route=route, status="REPLAYED", reply=entry.reply)
-        deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
+        deliveries = self._delivery_count(d.properties, entry.deliveries if entry is not None else 0)
         if deliveries > self._settings.delivery_limit:
             limit = self._settings.delivery_limit
             error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
             self._crashes.give_up(tracked)
-            return self._finish.error(route, request, None, error, bound, body=body)
+            return self._finish.error(route, request, None, error, bound, body=d.body)
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
         journal_key = key if entry is not None else None
@@ -250,7 +215,7 @@ class JobRunner:
                 resume_id=resume_id,
                 submits=submits,
                 bound=bound,
-                received_at=received_at,
+                received_at=d.received_at,
                 slot=slot,
             ),
         )
@@ -361,3 +326,16 @@ class JobRunner:
             bound.info("job_canceled_at_edge")
         except EdgeError as exc:
             bound.warning("job_cancel_failed", error=exc.message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A decoded delivery on its way through the lifecycle: what the steps after decoding pass along."""
+
+    body: bytes
+    properties: Any
+    route: ReplyRoute
+    request: JobRequest
+    key: str | None  # the idempotency key, if any
+    bound: Any  # the logger bound to the job's context
+    received_at: float
