@@ -13,6 +13,10 @@ from pathlib import Path
 
 import structlog
 
+from worker.journal_cap import DEFAULT_MAX_BYTES, WAL_SHARE, SizeCap, size_on_disk
+
+__all__ = ["CHECKPOINT_INTERVAL_S", "DEFAULT_MAX_BYTES", "Journal", "JournalEntry"]
+
 log = structlog.get_logger("worker.journal")
 
 _SCHEMA = """
@@ -48,21 +52,6 @@ _OPENINGS_KEPT = 1000
 CHECKPOINT_INTERVAL_S = 1.0
 # sqlite's own checkpoint stays as a backstop, far above what the thread lets the WAL reach (pages of 4 KiB).
 _BACKSTOP_CHECKPOINT_PAGES = 16384
-
-# The journal's size cap on disk (contract §5 worker.journal_max_bytes). Finished entries are evicted, oldest
-# first, once the live pages would pass EVICT_AT of the cap, down to EVICT_TO of it: the slack keeps the WAL and
-# the pages freed-but-not-yet-reused inside the cap, and makes evictions rare batches instead of one per reply.
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-EVICT_AT = 0.80
-EVICT_TO = 0.70
-_EVICT_BATCH = 8
-# Between measurements the live size is estimated from the replies written (plus a row's overhead); it is measured
-# again once the estimate has grown by this share of the cap, or would pass EVICT_AT: two pragmas a reply cost
-# 17 us, a third of the journal's time per job.
-_REMEASURE_SHARE = 0.05
-_ROW_OVERHEAD_BYTES = 256
-# The WAL is truncated back to this share of the cap after a checkpoint (sqlite keeps its largest size otherwise).
-_WAL_SHARE = 0.10
 
 _COLUMNS = "key, job_id, submits, deliveries, started_at, reply, crashes, isolated_crashes, submitting, submitting_at"
 
@@ -106,9 +95,6 @@ class Journal:
         self.path = path
         self._retention_s = retention_s
         self.max_bytes = max_bytes
-        self.evicted = 0  # finished entries dropped to stay under max_bytes, since opening
-        self._live_estimate: int | None = None  # an upper estimate of the live bytes (see _REMEASURE_SHARE)
-        self._measured_at = 0
         self._lock = threading.Lock()
         self._closed = False
         self.process_token = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -129,11 +115,12 @@ class Journal:
             "DELETE FROM openings WHERE token NOT IN (SELECT token FROM openings ORDER BY opened_at DESC LIMIT ?)",
             (_OPENINGS_KEPT,),
         )
-        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         # The WAL grows with every commit until a checkpoint: the backstop keeps it within its share of the cap.
-        wal_pages = max(16, min(_BACKSTOP_CHECKPOINT_PAGES, int(max_bytes * _WAL_SHARE) // self._page_size))
+        wal_pages = max(16, min(_BACKSTOP_CHECKPOINT_PAGES, int(max_bytes * WAL_SHARE) // page_size))
         self._db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
-        self._db.execute(f"PRAGMA journal_size_limit={int(max_bytes * _WAL_SHARE)}")
+        self._db.execute(f"PRAGMA journal_size_limit={int(max_bytes * WAL_SHARE)}")
+        self._cap = SizeCap(self._db, max_bytes=max_bytes, page_size=page_size)
         self._writes = 0  # commits since the last checkpoint (read and reset by the checkpoint thread)
         self.checkpoints = 0
         self.checkpoint_wakeups = 0
@@ -329,7 +316,7 @@ class Journal:
         """
         with self._lock:
             if not self._closed:
-                self._evict_for(len(reply))
+                self._writes += self._cap.make_room(len(reply))
         self._write(
             "UPDATE requests SET reply = ?, updated_at = ?, "
             "running_isolated = CASE WHEN running_by = ? THEN 0 ELSE running_isolated END, "
@@ -337,63 +324,14 @@ class Journal:
             (reply, time.time(), self.process_token, self.process_token, key),
         )
 
-    def _live_bytes(self) -> int:
-        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        return (pages - free) * self._page_size
-
-    def _evict_for(self, incoming: int) -> None:
-        """Drop the oldest finished entries until `incoming` more bytes fit under the cap (the lock is held).
-
-        Only entries with a final reply go: a running job's entry is never dropped, whatever the cap says.
-        """
-        incoming += _ROW_OVERHEAD_BYTES
-        estimate = self._live_estimate
-        if (
-            estimate is not None
-            and estimate + incoming <= self.max_bytes * EVICT_AT
-            and estimate - self._measured_at < self.max_bytes * _REMEASURE_SHARE
-        ):
-            self._live_estimate = estimate + incoming
-            return
-        live = self._live_bytes()
-        if live + incoming <= self.max_bytes * EVICT_AT:
-            self._measured_at = live
-            self._live_estimate = live + incoming
-            return
-        target = self.max_bytes * EVICT_TO
-        dropped = 0
-        while self._live_bytes() + incoming > target:
-            removed = self._db.execute(
-                "DELETE FROM requests WHERE key IN (SELECT key FROM requests WHERE reply IS NOT NULL "
-                "ORDER BY updated_at LIMIT ?)",
-                (_EVICT_BATCH,),
-            ).rowcount
-            if removed <= 0:
-                break
-            dropped += removed
-            self._writes += 1
-        live = self._live_bytes()
-        self._measured_at = live
-        self._live_estimate = live + incoming
-        if dropped:
-            self.evicted += dropped
-            log.info(
-                "journal_evicted",
-                entries=dropped,
-                live_bytes=live,
-                max_bytes=self.max_bytes,
-            )
+    @property
+    def evicted(self) -> int:
+        """Finished entries dropped to stay under max_bytes, since opening (journal_cap)."""
+        return self._cap.evicted
 
     def size_on_disk(self) -> int:
         """Bytes of the journal's files (database, WAL and shared-memory index) as they stand."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                total += os.stat(f"{self.path}{suffix}").st_size
-            except FileNotFoundError:
-                continue
-        return total
+        return size_on_disk(self.path)
 
     def forget(self, key: str) -> None:
         self._write("DELETE FROM requests WHERE key = ?", (key,))

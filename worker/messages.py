@@ -10,16 +10,8 @@ from typing import Any, Literal
 
 import msgpack
 
-from worker.decode import (
-    MAX_CONTAINER_LEN,
-    MAX_DEPTH,
-    MAX_INPUTS,
-    MAX_INPUTS_PER_SOURCE,
-    MAX_KEY_BYTES,
-    MAX_OBJECTS,
-    MAX_SOURCES,
-    decode_fields,
-)
+from worker.decode import MAX_INPUTS, MAX_INPUTS_PER_SOURCE, MAX_SOURCES, decode_fields
+from worker.decode_walk import MAX_CONTAINER_LEN, MAX_DEPTH, MAX_KEY_BYTES, MAX_OBJECTS
 from worker.errors import InvalidRequest, PayloadTooLarge, UnsupportedContentType
 
 __all__ = [

@@ -1,5 +1,7 @@
-"""The job lifecycle (runner), when to look at a job (follow), crash bookkeeping (suspects), the edge's
-up/down state (gate), and what goes back to the broker layer (outcome, replies)."""
+"""The job lifecycle (runner, with its settings), one run per idempotency key (claims), when to look at a job
+(follow), crash bookkeeping (suspects), the edge's up/down state (gate), how a job ends (finish: the final reply
+and its size limit; calls: the one job_finished line), and what goes back to the broker layer (outcome,
+replies)."""
 
 from worker.jobs.follow import (
     FIRST_LOOK_SHARE_DOWN,

@@ -7,7 +7,6 @@ count the delivery (and isolate suspects), submit, follow, reply.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -16,21 +15,17 @@ from typing import Any
 
 import structlog
 
-from worker.config import Config
 from worker.edge import EdgeClient, EdgeJob, EdgeResults
-from worker.errors import (
-    DeliveryLimit,
-    EdgeError,
-    InvalidRequest,
-    JobError,
-    JobNotFound,
-    JobTimeout,
-)
+from worker.errors import DeliveryLimit, EdgeError, InvalidRequest, JobError, JobNotFound, JobTimeout
 from worker.jobs.adopt import find_lost_job
+from worker.jobs.calls import Calls
+from worker.jobs.claims import KeyClaims
+from worker.jobs.finish import Finisher
 from worker.jobs.follow import DurationEstimator, JobFollower
 from worker.jobs.gate import EdgeGate
-from worker.jobs.outcome import Abandoned, DeadLetter, Outcome
-from worker.jobs.replies import error_reply, final_reply, job_reply, rejected_reply, too_large_reply
+from worker.jobs.outcome import Abandoned, Outcome
+from worker.jobs.replies import final_reply, job_reply
+from worker.jobs.settings import JobSettings
 from worker.jobs.submit import Submitter
 from worker.jobs.suspects import CrashBook, SuspectLine, Tracked
 from worker.jobs.threads import EdgeSlots, SlotHold
@@ -39,43 +34,9 @@ from worker.messages import JobRequest, ReplyRoute, decode_request, encode_reply
 from worker.metrics import Metrics
 from worker.tracing import job_trace, traced_edge
 
+__all__ = ["JobRunner", "JobSettings"]  # JobSettings: worker.jobs.settings, re-exported
+
 log = structlog.get_logger("worker.jobs")
-
-
-@dataclass(frozen=True, slots=True)
-class JobSettings:
-    job_timeout_s: float
-    max_timeout_s: float
-    max_request_bytes: int
-    delivery_limit: int
-    count_deliveries_in_journal: bool  # classic queues: the broker does not count for us
-    max_resubmits: int
-    upload: str
-    embed_limit: int
-    queue: str = "edge.jobs"  # the request queue: the name of the job's trace span
-    max_message_bytes: int = 16777216  # amqp.max_message_bytes: a larger final reply is REPLY_TOO_LARGE
-    reply_to_pattern: re.Pattern[str] | None = None  # amqp.reply_to_pattern, compiled; None: any reply_to
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> JobSettings:
-        return cls(
-            job_timeout_s=cfg.edge.job_timeout,
-            # A job ends (its edge calls included) before the broker's consumer timeout would close the channel.
-            max_timeout_s=cfg.amqp.consumer_timeout - 2 * cfg.edge.request_timeout,
-            max_request_bytes=cfg.worker.max_request_bytes,
-            delivery_limit=cfg.amqp.delivery_limit,
-            count_deliveries_in_journal=cfg.amqp.queue_type == "classic",
-            max_resubmits=cfg.edge.max_resubmits,
-            upload=cfg.edge.upload,
-            embed_limit=cfg.edge.embed_limit,
-            queue=cfg.amqp.queue,
-            max_message_bytes=cfg.amqp.max_message_bytes,
-            reply_to_pattern=re.compile(cfg.amqp.reply_to_pattern) if cfg.amqp.reply_to_pattern else None,
-        )
-
-    def timeout_s(self, request: JobRequest) -> float:
-        """The request's own timeout, else the default, capped so that it ends before the consumer timeout."""
-        return min(request.timeout_s or self.job_timeout_s, self.max_timeout_s)
 
 
 class JobRunner:
@@ -106,11 +67,9 @@ class JobRunner:
         self._stopping = threading.Event()
         self.suspects = SuspectLine()
         self._crashes = CrashBook(journal, line=self.suspects)
-        self._running: dict[str, threading.Event] = {}
-        self._running_lock = threading.Lock()
-        self._local = threading.local()  # .call: this thread's handle() in progress
-        self._calls: set[_Call] = set()
-        self._calls_cond = threading.Condition()
+        self._claims = KeyClaims(self._stopping)
+        self._calls = Calls()
+        self._finish = Finisher(settings=settings, journal=journal, calls=self._calls)
 
     def stop(self, *, wait_s: float = 2.0) -> None:
         """The worker exits: jobs still running are abandoned (their requests were handed back).
@@ -120,12 +79,7 @@ class JobRunner:
         """
         self._stopping.set()
         self.suspects.stop()
-        deadline = time.monotonic() + wait_s
-        with self._calls_cond:
-            while self._calls and (left := deadline - time.monotonic()) > 0:
-                self._calls_cond.wait(left)
-            stuck = list(self._calls)
-        for call in stuck:
+        for call in self._calls.wait_ended(wait_s):
             call.finish(status="ABANDONED", duration_s=time.monotonic() - call.started, reason="worker exiting")
 
     def _pause(self, seconds: float) -> None:
@@ -156,9 +110,7 @@ class JobRunner:
         started = time.monotonic()
         self._metrics.job_started()
         bound = log.bind(message_id=route.message_id, correlation_id=route.correlation_id, **trace)
-        call = self._local.call = _Call(bound, started)
-        with self._calls_cond:
-            self._calls.add(call)
+        call = self._calls.open(bound, started)
         try:
             outcome = self._handle(body, properties, route, bound, received_at or started)
         except Exception as exc:  # noqa: BLE001 -- the worker's own failure: hand back; the delivery limit ends a loop
@@ -172,177 +124,70 @@ class JobRunner:
         # The paths that end without a reply of their own (a hand-back, an internal error) say so here.
         call.finish(status=outcome.status, duration_s=duration, quiet=True)
         self._metrics.job_finished(outcome.status, duration)
-        self._local.call = None
-        with self._calls_cond:
-            self._calls.discard(call)
-            self._calls_cond.notify_all()
+        self._calls.close(call)
         return outcome
-
-    def _log_finished(self, bound: Any, *, status: str, duration_s: float, **fields: Any) -> None:
-        """The one job_finished line of this thread's handle() call, with the job's own context (bound)."""
-        call: _Call | None = getattr(self._local, "call", None)
-        if call is None:  # not inside handle(): nothing to count
-            bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
-            return
-        call.bound = bound
-        call.finish(status=status, duration_s=duration_s, **fields)
 
     def _handle(self, body: bytes, properties: Any, route: ReplyRoute, bound: Any, received_at: float) -> Outcome:
         content_type = getattr(properties, "content_type", None)
         pattern = self._settings.reply_to_pattern
         if route.reply_to is not None and pattern is not None and pattern.fullmatch(route.reply_to) is None:
-            return self._forbidden(body, content_type, route, bound)
+            return self._finish.forbidden(body, content_type, route, bound)
         try:
             request = decode_request(body, content_type, max_request_bytes=self._settings.max_request_bytes)
         except InvalidRequest as exc:
-            route = replace(route, request_id=exc.request_id)
-            bound.warning(
-                "request_rejected", request_id=route.request_id, code=exc.code, error=exc.message, size_bytes=len(body)
-            )
-            dead = DeadLetter(body=body, code=exc.code, message=exc.message)
-            return self._final(
-                route,
-                rejected_reply(route, exc),
-                key=None,
-                dead_letter=dead,
-                bound=bound.bind(request_id=route.request_id),
-            )
+            return self._finish.rejected(body, route, exc, bound)
         route = replace(route, request_id=request.request_id)
         bound = bound.bind(request_id=route.request_id, model=request.model_id, version=request.version)
         if request.ignored_keys:
             bound.debug("request_keys_ignored", keys=list(request.ignored_keys))
         key = route.idempotency_key
+        delivery = _Delivery(body, properties, route, request, key, bound, received_at)
         if key is None:
-            return self._in_slot(body, properties, route, request, key=None, bound=bound, received_at=received_at)
-        owned = self._claim(key, request, bound)
+            return self._in_slot(delivery)
+        # A redelivery of a request still running here waits for that run, then replays or resumes it.
+        owned = self._claims.claim(key, self._settings.timeout_s(request) + 60, bound)
         try:
-            return self._in_slot(body, properties, route, request, key=key, bound=bound, received_at=received_at)
+            return self._in_slot(delivery)
         finally:
             if owned:
-                self._release(key)
-
-    def _forbidden(self, body: bytes, content_type: str | None, route: ReplyRoute, bound: Any) -> Outcome:
-        """A reply_to outside amqp.reply_to_pattern: REJECTED to amqp.reply_queue, the request dead-lettered."""
-        try:
-            request_id = decode_request(
-                body, content_type, max_request_bytes=self._settings.max_request_bytes
-            ).request_id
-        except InvalidRequest as exc:
-            request_id = exc.request_id
-        error = JobError(
-            f"reply_to {route.reply_to!r} does not match amqp.reply_to_pattern: replies go only to the queues the "
-            "operator allows",
-            code="REPLY_TO_FORBIDDEN",
-        )
-        # No reply_to: the broker layer sends it to amqp.reply_queue; the forbidden queue gets nothing.
-        route = replace(route, reply_to=None, request_id=request_id)
-        bound = bound.bind(request_id=request_id)
-        bound.warning("request_rejected", code=error.code, error=error.message, size_bytes=len(body))
-        dead = DeadLetter(body=body, code=error.code, message=error.message)
-        return self._final(route, rejected_reply(route, error), key=None, dead_letter=dead, bound=bound)
-
-    # -- one run per idempotency key -----------------------------------------------------------------
-
-    def _claim(self, key: str, request: JobRequest, bound: Any) -> bool:
-        """Run one delivery of an idempotency key at a time in this process.
-
-        A redelivery (after a lost connection) of a request still running here waits for that run to end,
-        then finds its reply (or its edge job) in the journal: one edge job, whichever delivery answers.
-        The service attaches redeliveries by message_id before this; this catches the request_id-only ones.
-        """
-        limit_s = self._settings.timeout_s(request) + 60
-        deadline = time.monotonic() + limit_s
-        while True:
-            with self._running_lock:
-                running = self._running.get(key)
-                if running is None:
-                    self._running[key] = threading.Event()
-                    return True
-            bound.info("delivery_waits_for_running_job", reason="the same request is running in this process")
-            if not running.wait(max(0.0, deadline - time.monotonic())) or self._stopping.is_set():
-                if self._stopping.is_set():
-                    raise Abandoned
-                bound.warning("delivery_wait_gave_up", waited_s=limit_s)
-                return False
-
-    def _release(self, key: str) -> None:
-        with self._running_lock:
-            done = self._running.pop(key, None)
-        if done is not None:
-            done.set()
+                self._claims.release(key)
 
     # -- an edge slot (worker.concurrency of them; worker.lookahead more deliveries wait here) ---------
 
-    def _in_slot(
-        self,
-        body: bytes,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        bound: Any,
-        received_at: float,
-    ) -> Outcome:
+    def _in_slot(self, d: _Delivery) -> Outcome:
         """Wait (decoded) for an edge slot, up to the request's timeout counted from its receipt, then run."""
         slot = SlotHold(self._slots)
-        if not slot.take(received_at + self._settings.timeout_s(request)):
-            waited = time.monotonic() - received_at
+        if not slot.take(d.received_at + self._settings.timeout_s(d.request)):
+            waited = time.monotonic() - d.received_at
             held = JobTimeout(f"the request's timeout passed while it waited {waited:.3f} s for a free edge slot")
-            return self._error_outcome(route, request, None, held, bound, started=received_at)
+            return self._finish.error(d.route, d.request, None, held, d.bound, started=d.received_at)
         try:
-            return self._handle_request(
-                body, properties, route, request, key=key, bound=bound, received_at=received_at, slot=slot
-            )
+            return self._handle_request(d, slot)
         finally:
             slot.release()
 
     # -- the journal's count: replay, delivery limit, then the run (suspects.CrashBook) -------------
 
-    def _handle_request(
-        self,
-        body: bytes,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        bound: Any,
-        received_at: float,
-        slot: SlotHold,
-    ) -> Outcome:
-        tracked = self._crashes.record_delivery(key, body)
+    def _handle_request(self, d: _Delivery, slot: SlotHold) -> Outcome:
+        tracked = self._crashes.record_delivery(d.key, d.body)
         try:
-            return self._handle_tracked(
-                tracked, properties, route, request, key=key, body=body, bound=bound, received_at=received_at, slot=slot
-            )
+            return self._handle_tracked(tracked, d, slot)
         finally:
             self._crashes.done(tracked)
 
-    def _handle_tracked(
-        self,
-        tracked: Tracked,
-        properties: Any,
-        route: ReplyRoute,
-        request: JobRequest,
-        *,
-        key: str | None,
-        body: bytes,
-        bound: Any,
-        received_at: float,
-        slot: SlotHold,
-    ) -> Outcome:
+    def _handle_tracked(self, tracked: Tracked, d: _Delivery, slot: SlotHold) -> Outcome:
+        route, request, key, bound = d.route, d.request, d.key, d.bound
         entry = tracked.entry
         if entry is not None and entry.reply is not None and key is not None:
             bound.info("reply_replayed", job_identifier=entry.job_id, reason="already finished")
-            self._log_finished(bound, status="REPLAYED", duration_s=0.0, job_identifier=entry.job_id)
+            self._calls.log_finished(bound, status="REPLAYED", duration_s=0.0, job_identifier=entry.job_id)
             return Outcome(route=route, status="REPLAYED", reply=entry.reply)
-        deliveries = self._delivery_count(properties, entry.deliveries if entry is not None else 0)
+        deliveries = self._delivery_count(d.properties, entry.deliveries if entry is not None else 0)
         if deliveries > self._settings.delivery_limit:
             limit = self._settings.delivery_limit
             error = DeliveryLimit(f"delivered {deliveries} times without finishing (amqp.delivery_limit = {limit})")
             self._crashes.give_up(tracked)
-            return self._error_outcome(route, request, None, error, bound, body=body)
+            return self._finish.error(route, request, None, error, bound, body=d.body)
         resume_id = entry.job_id if entry is not None and key is not None else None
         submits = entry.submits if entry is not None else 0
         journal_key = key if entry is not None else None
@@ -370,7 +215,7 @@ class JobRunner:
                 resume_id=resume_id,
                 submits=submits,
                 bound=bound,
-                received_at=received_at,
+                received_at=d.received_at,
                 slot=slot,
             ),
         )
@@ -405,9 +250,7 @@ class JobRunner:
             held = JobTimeout(
                 f"the request's timeout passed while it waited {started - received_at:.3f} s for a free slot"
             )
-            return self._error_outcome(
-                route, request, None, held, bound, started=received_at, key=key, job_id=resume_id
-            )
+            return self._finish.error(route, request, None, held, bound, started=received_at, key=key, job_id=resume_id)
         job: EdgeJob | None = None
         results: EdgeResults | None = None
         job_id = resume_id
@@ -456,17 +299,17 @@ class JobRunner:
             if job_id is not None:
                 self._cancel(job_id, bound)
             slot.release()
-            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+            return self._finish.error(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         except JobError as exc:
             slot.release()
-            return self._error_outcome(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
+            return self._finish.error(route, request, job, exc, bound, started=started, key=key, job_id=job_id)
         # The edge job has ended: the next job may be submitted while this one's results and reply are made.
         slot.release()
 
         if results is None and (request.want_results or job.failed or job.status != "COMPLETE"):
             results = self._follower.fetch_results(job_id, deadline, bound)
         reply = final_reply(job, results, request, route)
-        return self._final(
+        return self._finish.final(
             route,
             reply,
             key=key,
@@ -484,82 +327,15 @@ class JobRunner:
         except EdgeError as exc:
             bound.warning("job_cancel_failed", error=exc.message)
 
-    # -- the outcome -------------------------------------------------------------------------------
 
-    def _error_outcome(
-        self,
-        route: ReplyRoute,
-        request: JobRequest,
-        job: EdgeJob | None,
-        error: JobError,
-        bound: Any,
-        *,
-        started: float | None = None,
-        key: str | None = None,
-        body: bytes | None = None,
-        job_id: str | None = None,
-    ) -> Outcome:
-        reply = error_reply(route, request, job, error, job_id=job_id)
-        dead = DeadLetter(body=body, code=error.code, message=error.message) if body is not None else None
-        return self._final(
-            route, reply, key=key, dead_letter=dead, bound=bound, started=started, code=error.code, error=error.message
-        )
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A decoded delivery on its way through the lifecycle: what the steps after decoding pass along."""
 
-    def _final(
-        self,
-        route: ReplyRoute,
-        reply: dict[str, Any],
-        *,
-        key: str | None,
-        bound: Any,
-        dead_letter: DeadLetter | None = None,
-        started: float | None = None,
-        **fields: Any,
-    ) -> Outcome:
-        """The final reply, encoded, measured, and (for a request with an id) journaled before it is sent.
-
-        A reply over amqp.max_message_bytes is replaced here by ERROR/REPLY_TOO_LARGE, and that is what the
-        journal keeps: a redelivery replays a reply the broker takes.
-        """
-        encoded = encode_reply(reply)
-        limit = self._settings.max_message_bytes
-        if len(encoded) > limit:
-            size = len(encoded)
-            reply = too_large_reply(reply, size_bytes=size, limit_bytes=limit)
-            encoded = encode_reply(reply)
-            bound.warning(
-                "reply_too_large", job_identifier=reply.get("job_identifier"), size_bytes=size, limit_bytes=limit
-            )
-            fields.update(code="REPLY_TOO_LARGE", error=reply["error"]["message"])
-        error = reply.get("error")
-        if isinstance(error, dict) and "code" not in fields:
-            fields.update(code=error.get("code"), error=error.get("message"))
-        journaled = False
-        if key is not None and self._journal is not None:
-            self._journal.record_reply(key, encoded)
-            journaled = True
-        duration = 0.0 if started is None else time.monotonic() - started
-        self._log_finished(bound, status=reply["status"], duration_s=duration, **fields)
-        return Outcome(route=route, status=reply["status"], reply=encoded, dead_letter=dead_letter, journaled=journaled)
-
-
-class _Call:
-    """One handle() call: its job_finished line is written once, by whichever path ends it first."""
-
-    __slots__ = ("_done", "_lock", "bound", "started")
-
-    def __init__(self, bound: Any, started: float) -> None:
-        self.bound = bound
-        self.started = started
-        self._done = False
-        self._lock = threading.Lock()
-
-    def finish(self, *, status: str, duration_s: float, quiet: bool = False, **fields: Any) -> None:
-        """Write job_finished unless written already (then, unless quiet, a second attempt is a bug: said so)."""
-        with self._lock:
-            done, self._done = self._done, True
-        if done:
-            if not quiet:
-                self.bound.error("job_finished_twice", status=status)
-            return
-        self.bound.info("job_finished", status=status, duration_s=round(duration_s, 4), **fields)
+    body: bytes
+    properties: Any
+    route: ReplyRoute
+    request: JobRequest
+    key: str | None  # the idempotency key, if any
+    bound: Any  # the logger bound to the job's context
+    received_at: float

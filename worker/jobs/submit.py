@@ -13,7 +13,7 @@ from worker.journal import Journal
 from worker.messages import JobRequest
 
 if TYPE_CHECKING:
-    from worker.jobs.runner import JobSettings
+    from worker.jobs.settings import JobSettings
 
 
 class Submitter:
