@@ -81,6 +81,8 @@ class BrokerLink:
         self._want_consuming = True
         self._watch = Watch(confirm_timeout_s=amqp.confirm_timeout, step_bound_s=setup_step_bound(amqp))
         self._publisher = PublishChannel(watch=self._watch, on_closed=self._on_work_channel_closed)
+        # Publishing is the publish channel's own: the link lends its method (to the Outbox and the setup probe).
+        self.publish = self._publisher.publish
         self._ready_probe = ReadyProbe(
             self._plan.queue, on_count=self._watch.ready_count, on_gone=self._close_connection
         )
@@ -371,26 +373,6 @@ class BrokerLink:
         self._outstanding.discard(delivery.tag)
         return True
 
-    # -- publishing --------------------------------------------------------------------------------
-
-    def publish(
-        self,
-        *,
-        routing_key: str,
-        body: bytes,
-        properties: pika.BasicProperties,
-        on_done: Callable[[bool, bool], None],
-        on_too_large: Callable[[int, int], None] | None = None,
-    ) -> bool:
-        """Publish through the default exchange, mandatory and persistent; on_done(confirmed, returned) follows,
-        or on_too_large(size, limit) when the broker refused the message for its size.
-
-        Returns False (and never calls on_done) when there is no open channel to publish on.
-        """
-        return self._publisher.publish(
-            routing_key=routing_key, body=body, properties=properties, on_done=on_done, on_too_large=on_too_large
-        )
-
     # -- shutting down -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -405,13 +387,4 @@ class BrokerLink:
             self._ioloop.stop()
 
 
-__all__ = [
-    "PROBE_ROUTING_KEY",
-    "BrokerLink",
-    "Confirms",
-    "Delivery",
-    "QueuePlan",
-    "connection_parameters",
-    "describe_error",
-    "root_cause",
-]
+__all__ = ["BrokerLink", "Confirms", "Delivery", "QueuePlan", "connection_parameters", "describe_error", "root_cause"]

@@ -182,7 +182,11 @@ class PublishChannel:
         on_done: Callable[[bool, bool], None],
         on_too_large: Callable[[int, int], None] | None = None,
     ) -> bool:
-        """See BrokerLink.publish."""
+        """Publish through the default exchange, mandatory and persistent; on_done(confirmed, returned) follows,
+        or on_too_large(size, limit) when the broker refused the message for its size.
+
+        Returns False (and never calls on_done) when there is no open channel to publish on.
+        """
         channel = self._channel
         if channel is None or not channel.is_open:
             return False
