@@ -75,6 +75,16 @@ class InFlightTable:
             self.remove(start.entry)
         return held
 
+    def drop_held(self, threads: JobThreads[Start] | None) -> None:
+        """The connection is gone: the broker redelivers what never reached a thread, so it must not run here.
+
+        (Those waiting for an edge slot go on, like the running ones: a redelivery with the same message_id
+        attaches to them and gets their reply.)
+        """
+        held = len(self.take_back_held(threads))
+        if held:
+            log.info("held_deliveries_dropped", deliveries=held, reason="connection lost: the broker redelivers")
+
     def deliveries(self) -> list[Delivery]:
         """Every delivery of every request in the table."""
         return [delivery for entry in self._entries for delivery in entry.deliveries]

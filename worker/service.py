@@ -246,7 +246,7 @@ class Daemon:
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
         self._status.say(f"waiting for the broker: {reason}"[:200])
-        self._forget_dead_held()
+        self._inflight.drop_held(self._threads)
         if self._draining and not self._inflight and not self._outbox:
             self._link.close()
 
@@ -277,20 +277,12 @@ class Daemon:
         from now on. Returns how many deliveries were held.
         """
         handed_back = self._slots.close()
-        for start in self._inflight.take_back_held(self._threads):
-            for delivery in start.entry.deliveries:
-                handed_back += int(self._link.requeue(delivery))
-        return handed_back
+        held = self._inflight.take_back_held(self._threads)
+        return handed_back + self._requeue_all([d for start in held for d in start.entry.deliveries])
 
-    def _forget_dead_held(self) -> None:
-        """The connection is gone: the broker redelivers what never reached a thread, so it must not run here.
-
-        (Those waiting for an edge slot go on, like the running ones: a redelivery with the same message_id
-        attaches to them and gets their reply.)
-        """
-        held = len(self._inflight.take_back_held(self._threads))
-        if held:
-            log.info("held_deliveries_dropped", deliveries=held, reason="connection lost: the broker redelivers")
+    def _requeue_all(self, deliveries: list[Delivery]) -> int:
+        """Hand these deliveries back to the queue; returns how many were still ours to hand back."""
+        return sum(int(self._link.requeue(delivery)) for delivery in deliveries)
 
     def _complete(self, entry: InFlight, outcome: Outcome) -> None:
         self._inflight.remove(entry)
@@ -386,9 +378,7 @@ class Daemon:
         if busy and time.monotonic() < self._drain_deadline:
             return
         if busy:
-            handed_back = 0
-            for delivery in self._inflight.deliveries():
-                handed_back += int(self._link.requeue(delivery))
+            handed_back = self._requeue_all(self._inflight.deliveries())
             publishing = len(self._outbox)
             handed_back += self._outbox.hand_back_all()
             log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._inflight), publishing=publishing)
