@@ -37,7 +37,7 @@ Event = tuple[float, str, str | None]  # (monotonic time, hop, message id)
 
 def run_traced_worker(out_path: str) -> int:
     """In the worker's process: wrap the hops, run the daemon, write the events when it exits."""
-    from worker import broker, cli, edge, jobs, service
+    from worker import broker, broker_publish, cli, edge, jobs, service
 
     events: list[Event] = []
     current = threading.local()
@@ -71,7 +71,11 @@ def run_traced_worker(out_path: str) -> int:
     wrap(service.Daemon, "_complete", "complete", lambda s, e, o: e.key, after=False)
     wrap(edge.HttpEdgeClient, "_request_once", "http", None, after=True)
     wrap(jobs.JobRunner, "_pause", "pause", None, after=True)
-    wrap(broker.BrokerLink, "publish", "publish", lambda s, **k: k["properties"].correlation_id, after=False)
+
+    def published_key(_self: Any, **kwargs: Any) -> str | None:
+        return kwargs["properties"].correlation_id  # type: ignore[no-any-return]
+
+    wrap(broker_publish.PublishChannel, "publish", "publish", published_key, after=False)
 
     def confirmed_key(self: Any, frame: Any) -> str | None:
         pending = self._pending.get(frame.method.delivery_tag)

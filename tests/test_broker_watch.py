@@ -11,7 +11,8 @@ import pika.exceptions
 import pytest
 
 from worker import broker_watch
-from worker.broker_watch import Confirms, Watch, size_refusal
+from worker.broker_publish import Confirms, size_refusal
+from worker.broker_watch import Watch
 
 
 def props(message_id: str) -> pika.BasicProperties:

@@ -1,10 +1,10 @@
-"""The broker connection: declare, consume, publish with confirms, reconnect. Knows nothing of the edge.
+"""The broker connection: connect, declare, consume, reconnect. Knows nothing of the edge.
 
 Everything here runs on the one pika IOLoop thread. Worker threads never touch pika objects: they hand
 work back with `IOLoop.add_callback_threadsafe`. SelectConnection (not BlockingConnection) so that
 publisher confirms arrive asynchronously: a request is acknowledged when its reply's confirm comes in,
-without the loop ever waiting for one. The deadlines that keep the link from being alive but idle are in
-worker/broker_watch.py.
+without the loop ever waiting for one. Publishing with confirms (and the broker's size refusal) is in
+worker/broker_publish.py; the deadlines that keep the link from being alive but idle in worker/broker_watch.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import structlog
 from pika.adapters.select_connection import IOLoop
 
 from worker.backoff import backoff_delay
+from worker.broker_publish import PROBE_ROUTING_KEY, Confirms, PublishChannel
 from worker.broker_setup import (
     QueuePlan,
     connection_parameters,
@@ -29,15 +30,11 @@ from worker.broker_setup import (
     setup_error,
     setup_step_bound,
 )
-from worker.broker_watch import WATCH_TICK_S, Confirms, ReadyProbe, Watch, force_close, size_refusal
+from worker.broker_watch import WATCH_TICK_S, ReadyProbe, Watch, force_close
 from worker.config import AmqpConfig, broker_urls, describe_url
 from worker.errors import ConfigError
 
 log = structlog.get_logger("worker.broker")
-
-# The setup's probe publish: the default exchange never routes to an "amq." name (clients cannot declare
-# one), so the broker confirms it at once, unless it blocks publishers (a memory or disk alarm).
-PROBE_ROUTING_KEY = "amq.edge-worker.probe"
 
 
 @dataclass(slots=True)
@@ -78,13 +75,14 @@ class BrokerLink:
         self._url_index = 0
         self._connection: pika.SelectConnection | None = None
         self._consume_channel: Any = None
-        self._publish_channel: Any = None
         self._consumer_tag: str | None = None
         self._consume_ok = False
         self._outstanding: set[int] = set()  # delivery tags on the consume channel not yet acked or nacked
         self._want_consuming = True
-        self._confirms = Confirms()
         self._watch = Watch(confirm_timeout_s=amqp.confirm_timeout, step_bound_s=setup_step_bound(amqp))
+        self._publisher = PublishChannel(watch=self._watch, on_closed=self._on_work_channel_closed)
+        # Publishing is the publish channel's own: the link lends its method (to the Outbox and the setup probe).
+        self.publish = self._publisher.publish
         self._ready_probe = ReadyProbe(
             self._plan.queue, on_count=self._watch.ready_count, on_gone=self._close_connection
         )
@@ -150,7 +148,6 @@ class BrokerLink:
         reason, self._abort_reason = self._abort_reason or reason, None
         self._connection = None
         self._consume_channel = None
-        self._publish_channel = None
         self._ready_probe.reset()
         self._consumer_tag = None
         self._consume_ok = False
@@ -158,7 +155,7 @@ class BrokerLink:
         self._outstanding.clear()
         self._watch.begin("")
         was_ready, self._ready = self._ready, False
-        self._confirms.fail_all()
+        self._publisher.lost()
         if self._closing:
             self._ioloop.stop()
             return
@@ -216,7 +213,8 @@ class BrokerLink:
     def _on_setup_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         code = getattr(reason, "reply_code", None)
         if code in (0, 200):  # we closed it: every queue is in place
-            self._open_publish_channel(then=self._probe_publish)
+            assert self._connection is not None
+            self._publisher.open(self._connection, then=self._probe_publish)
             return
         name = self._declaring
         text = getattr(reason, "reply_text", str(reason))
@@ -232,27 +230,13 @@ class BrokerLink:
         log.error("broker_setup_failed", queue=name, reply_code=code, error=str(error))
         self._close_connection(f"setup failed on queue {name!r}: {code} {text}")
 
-    def _open_publish_channel(self, *, then: Callable[[], None]) -> None:
-        assert self._connection is not None
-        self._watch.begin("publish channel open")
-
-        def opened(channel: Any) -> None:
-            self._publish_channel = channel
-            self._confirms.reset()
-            channel.add_on_close_callback(self._on_work_channel_closed)
-            channel.add_on_return_callback(self._confirms.on_return)
-            self._watch.begin("confirm select")
-            channel.confirm_delivery(ack_nack_callback=self._confirms.on_confirm, callback=lambda _f: then())
-
-        self._connection.channel(on_open_callback=opened)
-
     def _probe_publish(self) -> None:
         # Consume only once the broker confirms a publish: a broker that blocks publishers would otherwise hand
         # us deliveries whose replies cannot be confirmed, and every reconnect would cost them a delivery count.
         self._watch.begin("probe publish confirm")
 
         def confirmed(ok: bool, _returned: bool) -> None:
-            if ok and self._publish_channel is not None:
+            if ok and self._publisher.channel is not None:
                 self._open_consume_channel()
 
         self.publish(routing_key=PROBE_ROUTING_KEY, body=b"", properties=pika.BasicProperties(), on_done=confirmed)
@@ -288,16 +272,12 @@ class BrokerLink:
     def _on_work_channel_closed(self, channel: Any, reason: BaseException) -> None:
         if self._closing and channel is self._consume_channel:
             return
-        refused = size_refusal(reason)
-        if refused is not None and channel is self._publish_channel and self._connection is not None:
-            # One reply over the broker's max_message_size: its owner gets it back as too large; the other
-            # publishes of the channel are lost with it and published again. The consume channel, and with
-            # it every delivery we hold, stays as it is.
-            log.error("broker_refused_message_size", size=refused[0], max_size=refused[1])
-            self._publish_channel = None
-            self._confirms.refuse_for_size(*refused)
-            if self._connection.is_open:
-                self._open_publish_channel(then=self._watch.setup_done)
+        connection = self._connection
+        if connection is not None and self._publisher.refused_for_size(channel, reason):
+            # One reply over the broker's max_message_size: the consume channel, and with it every delivery we
+            # hold, stays as it is; only the publish channel is opened again.
+            if connection.is_open:
+                self._publisher.open(connection, then=self._watch.setup_done)
             return
         # A closed channel makes every delivery tag on it void: the simplest correct recovery is a new
         # connection, on which the broker redelivers what we had not acknowledged.
@@ -330,7 +310,7 @@ class BrokerLink:
         connection = self._connection
         if connection is None or not connection.is_open:
             return
-        problem = self._watch.problem(oldest_unconfirmed_s=self._confirms.oldest_age())
+        problem = self._watch.problem(oldest_unconfirmed_s=self._publisher.oldest_unconfirmed_s())
         if problem is not None:
             log.error("broker_link_stuck", problem=problem)
             self._lost_reason = problem
@@ -391,30 +371,6 @@ class BrokerLink:
             return False
         delivery.channel.basic_nack(delivery.tag, requeue=True)
         self._outstanding.discard(delivery.tag)
-        return True
-
-    # -- publishing --------------------------------------------------------------------------------
-
-    def publish(
-        self,
-        *,
-        routing_key: str,
-        body: bytes,
-        properties: pika.BasicProperties,
-        on_done: Callable[[bool, bool], None],
-        on_too_large: Callable[[int, int], None] | None = None,
-    ) -> bool:
-        """Publish through the default exchange, mandatory and persistent; on_done(confirmed, returned) follows,
-        or on_too_large(size, limit) when the broker refused the message for its size.
-
-        Returns False (and never calls on_done) when there is no open channel to publish on.
-        """
-        channel = self._publish_channel
-        if channel is None or not channel.is_open:
-            return False
-        mandatory = routing_key != PROBE_ROUTING_KEY
-        channel.basic_publish("", routing_key, body, properties, mandatory=mandatory)
-        self._confirms.add(on_done, routing_key, properties, size=len(body), on_too_large=on_too_large)
         return True
 
     # -- shutting down -----------------------------------------------------------------------------

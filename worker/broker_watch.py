@@ -1,15 +1,13 @@
 """What keeps the broker link from being alive but idle (contract §4, "A broker that misbehaves").
 
-- `Confirms`: which publish each confirm, return or size refusal belongs to, and how old the oldest
-  unconfirmed publish is (a confirm that never comes is a lost connection after `amqp.confirm_timeout`).
-- `Watch`: the deadlines of one connection: each setup step must finish within a bound, a confirm within
-  the confirm timeout, and a consumer with room must not go without deliveries while its queue has ready
-  messages. Pure bookkeeping on the IOLoop thread: the link asks it once a second what is wrong, if anything.
+`Watch`: the deadlines of one connection: each setup step must finish within a bound, a confirm within the
+confirm timeout (the confirms themselves are tracked in worker/broker_publish.py), and a consumer with room
+must not go without deliveries while its queue has ready messages. Pure bookkeeping on the IOLoop thread:
+the link asks it once a second what is wrong, if anything. `ReadyProbe` asks the queue's ready count.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,122 +26,6 @@ WATCH_TICK_S = 1.0
 CONSUMER_WATCHDOG_S = 30.0
 # While idle, how often the queue's ready count is asked for (a passive declare: one small round trip).
 READY_PROBE_EVERY_S = 5.0
-
-_SIZE_REFUSAL = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
-
-
-def size_refusal(reason: BaseException) -> tuple[int, int] | None:
-    """(size, limit) when a channel was closed by the broker for a message over its max_message_size."""
-    if not isinstance(reason, pika.exceptions.ChannelClosedByBroker) or reason.reply_code != 406:
-        return None
-    match = _SIZE_REFUSAL.search(str(reason.reply_text))
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-@dataclass(slots=True)
-class _Pending:
-    on_done: Callable[[bool, bool], None]
-    routing_key: str
-    message_id: str | None
-    correlation_id: str | None
-    size: int
-    sent_at: float
-    on_too_large: Callable[[int, int], None] | None = None
-    returned: bool = False
-
-    def matches(self, routing_key: str, properties: Any) -> bool:
-        return (
-            not self.returned
-            and self.routing_key == routing_key
-            and self.message_id == properties.message_id
-            and self.correlation_id == properties.correlation_id
-        )
-
-
-class Confirms:
-    """Publisher confirms on the publish channel: which publish each ack, nack or return belongs to."""
-
-    def __init__(self) -> None:
-        self._pending: dict[int, _Pending] = {}
-        self._publish_seq = 0
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def reset(self) -> None:
-        """A new channel numbers its publishes from 1 again."""
-        self._publish_seq = 0
-        self._pending.clear()
-
-    def add(
-        self,
-        on_done: Callable[[bool, bool], None],
-        routing_key: str,
-        properties: Any,
-        *,
-        size: int,
-        on_too_large: Callable[[int, int], None] | None = None,
-    ) -> None:
-        self._publish_seq += 1
-        self._pending[self._publish_seq] = _Pending(
-            on_done,
-            routing_key,
-            properties.message_id,
-            properties.correlation_id,
-            size,
-            time.monotonic(),
-            on_too_large,
-        )
-
-    def oldest_age(self) -> float:
-        """Seconds the oldest unconfirmed publish has waited (0 when none waits)."""
-        if not self._pending:
-            return 0.0
-        return time.monotonic() - min(p.sent_at for p in self._pending.values())
-
-    def on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        # A return comes before the confirm of the message it returns, so that message is still pending: the
-        # oldest pending publish to the same queue with the same ids is it (a dead-letter copy may have no
-        # message_id, which is why the match is not by message_id alone).
-        pending = next((p for p in self._pending.values() if p.matches(method.routing_key, properties)), None)
-        log.warning(
-            "broker_publish_returned",
-            routing_key=method.routing_key,
-            reply_code=method.reply_code,
-            reply_text=method.reply_text,
-        )
-        if pending is not None:
-            pending.returned = True
-
-    def on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        confirmed = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
-        for tag in sorted(tags):
-            pending = self._pending.pop(tag, None)
-            if pending is None:
-                continue
-            pending.on_done(confirmed, pending.returned)
-
-    def refuse_for_size(self, size: int, limit: int) -> None:
-        """The broker closed the channel for one publish over its size limit: that one is told it is too large
-        (the publish of exactly `size` bytes, else the largest over `limit`); every other one is lost with the
-        channel and its owner publishes it again."""
-        pending, self._pending = self._pending, {}
-        refused = next((t for t, p in sorted(pending.items()) if p.size == size), None)
-        if refused is None:
-            over = [(p.size, -t) for t, p in pending.items() if p.size > limit]
-            refused = -max(over)[1] if over else None
-        for tag, item in sorted(pending.items()):
-            if tag == refused and item.on_too_large is not None:
-                item.on_too_large(size, limit)
-            else:
-                item.on_done(False, False)
-
-    def fail_all(self) -> None:
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
-            item.on_done(False, False)
 
 
 @dataclass(slots=True)

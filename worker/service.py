@@ -1,11 +1,13 @@
-"""The daemon: wires broker → decode → edge → reply → ack, and owns start-up, signals and the drain."""
+"""The daemon: wires broker → decode → edge → reply → ack, and owns start-up, signals and the drain.
+
+The in-flight table is worker/inflight.py; what the daemon says of itself (STATUS=, /healthz) worker/status.py.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
 
@@ -14,15 +16,16 @@ from pika.adapters.select_connection import IOLoop
 
 from worker.broker import BrokerLink, Delivery
 from worker.config import Config, describe_url, parse_listen
-from worker.edge import EdgeClient
-from worker.edge import make_edge_client as make_edge_transport
+from worker.edge import make_edge_client
 from worker.errors import ConfigError, EdgeWorkerError, ExitCode, ServiceUnavailable
+from worker.inflight import InFlight, InFlightTable, Start
 from worker.jobs import EdgeGate, EdgeSlots, JobRunner, JobSettings, JobThreads, Outcome
 from worker.journal import Journal
 from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
 from worker.notify import SystemdNotifier
 from worker.publish import Outbox, too_large_reply
+from worker.status import StatusReport
 
 log = structlog.get_logger("worker.service")
 
@@ -31,29 +34,6 @@ TICK_S = 1.0
 # an edge that went away while nothing was running.
 IDLE_EDGE_PROBE_S = 15.0
 JOURNAL_EXPIRY_EVERY_S = 60.0
-
-
-@dataclass(slots=True, eq=False)
-class _InFlight:
-    """One request being processed; redeliveries of the same message_id attach to it."""
-
-    key: str | None
-    deliveries: list[Delivery] = field(default_factory=list)
-
-
-@dataclass(slots=True, eq=False)
-class _Start:
-    """A delivery handed to a job thread: held (decoded, waiting for an edge slot) or running."""
-
-    entry: _InFlight
-    delivery: Delivery
-    route: ReplyRoute
-    received_at: float  # time.monotonic() at receipt: the job's timeout counts from here
-
-
-def make_edge_client(config: Config, metrics: Metrics | None = None) -> EdgeClient:
-    """The edge client `edge.url` names (HTTP/JSON gateway or gRPC), reporting its calls to the metrics."""
-    return make_edge_transport(config.edge, on_call=metrics.edge_call if metrics is not None else None)
 
 
 class Daemon:
@@ -69,16 +49,15 @@ class Daemon:
         self._draining = False
         self._drain_deadline = 0.0
         self._signals = 0
-        self._inflight: dict[str, _InFlight] = {}
-        self._active: set[_InFlight] = set()
+        self._inflight = InFlightTable()
         self._last_expiry = 0.0
         self._last_edge_probe = time.monotonic()
         self._startup_done = False
-        self._last_status: str | None = None  # the last STATUS= sent
-        self._edge = make_edge_client(config, self.metrics)
+        # The edge client edge.url names (HTTP/JSON gateway or gRPC), reporting its calls to the metrics.
+        self._edge = make_edge_client(config.edge, on_call=self.metrics.edge_call)
         self._gate = EdgeGate(self._edge, on_change=self._on_edge_change)
         self._journal: Journal | None = None
-        self._threads: JobThreads[_Start] | None = None
+        self._threads: JobThreads[Start] | None = None
         # worker.concurrency edge jobs at once; every delivery taken (prefetch = concurrency + lookahead) has a
         # thread, so a held one is decoded and waiting for a slot when a job ends.
         self._slots = EdgeSlots(config.worker.concurrency)
@@ -101,7 +80,16 @@ class Daemon:
             on_settled=self._maybe_finish_drain,
             shrink=self._shrink_refused_reply,
         )
-        self.metrics.watch_consuming(self._why_not_consuming)
+        self._status = StatusReport(
+            notifier=self._notifier,
+            link=self._link,
+            gate=self._gate,
+            inflight=self._inflight,
+            queue=config.amqp.queue,
+            edge_url=config.edge.url,
+            draining=lambda: self._draining,
+        )
+        self.metrics.watch_consuming(self._status.why_not_consuming)
         self._metrics_server: MetricsServer | None = None
         self._runner: JobRunner | None = None
 
@@ -180,7 +168,7 @@ class Daemon:
         self._threads = JobThreads(cfg.worker.concurrency + cfg.worker.lookahead, self._work)
         self._ioloop.call_later(cfg.worker.startup_timeout, self._check_startup)
         self._ioloop.call_later(TICK_S, self._tick)
-        self._say("connecting to the broker")
+        self._status.say("connecting to the broker")
         self._link.start()
         self._ioloop.start()
         self._shutdown_helpers()
@@ -197,7 +185,7 @@ class Daemon:
                 log.info("edge_reachable", url=self._config.edge.url, attempts=attempt)
                 return
             if attempt == 1:
-                self._say(f"waiting for the edge at {self._config.edge.url}")
+                self._status.say(f"waiting for the edge at {self._config.edge.url}")
                 log.warning("edge_waiting", url=self._config.edge.url, error=why)
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(f"edge at {self._config.edge.url}: {why}")
@@ -226,7 +214,7 @@ class Daemon:
                 "worker_exit",
                 reason=f"second signal {signal.Signals(signum).name}: immediate exit",
                 exit_code=128 + signum,
-                in_flight=len(self._active),
+                in_flight=len(self._inflight),
             )
             os._exit(128 + signum)
         self._ioloop.add_callback_threadsafe(partial(self._begin_drain, signal.Signals(signum).name))
@@ -251,16 +239,15 @@ class Daemon:
             self._link.pause_consuming()
         if not self._startup_done:
             self._startup_done = True
-            self._last_status = self._status_line()
-            self._notifier.ready(status=self._last_status)
+            self._status.ready()
         else:
-            self._say(self._status_line())
+            self._status.say_current()
 
     def _on_broker_lost(self, reason: str) -> None:
         self.metrics.set_broker_connected(False)
-        self._say(f"waiting for the broker: {reason}"[:200])
-        self._forget_dead_held()
-        if self._draining and not self._active and not self._outbox:
+        self._status.say(f"waiting for the broker: {reason}"[:200])
+        self._inflight.drop_held(self._threads)
+        if self._draining and not self._inflight and not self._outbox:
             self._link.close()
 
     def _on_message(self, delivery: Delivery) -> None:
@@ -269,35 +256,19 @@ class Daemon:
             self._link.requeue(delivery)
             return
         route = route_from_properties(delivery.properties)
-        key = route.message_id
-        if key is not None and key in self._inflight:
-            # A redelivery (after a lost connection) of a request we are still running: answer both with one job.
-            self._inflight[key].deliveries.append(delivery)
-            log.info("delivery_attached", message_id=key, redelivered=delivery.redelivered)
-            return
-        entry = _InFlight(key=key, deliveries=[delivery])
-        if key is not None:
-            self._inflight[key] = entry
-        self._active.add(entry)
+        if self._inflight.attach(route.message_id, delivery):
+            return  # a redelivery of a request we are still running: one job answers both
+        entry = self._inflight.add(route.message_id, delivery)
         assert self._threads is not None
         # A thread is free (prefetch = the threads): it decodes the request, then waits for an edge slot.
-        self._threads.submit(_Start(entry, delivery, route, received_at))
+        self._threads.submit(Start(entry, delivery, route, received_at))
 
-    def _work(self, start: _Start) -> None:
+    def _work(self, start: Start) -> None:
         """On a job thread."""
         assert self._runner is not None
         delivery = start.delivery
         outcome = self._runner.handle(delivery.body, delivery.properties, start.route, received_at=start.received_at)
         self._ioloop.add_callback_threadsafe(partial(self._complete, start.entry, outcome))
-
-    def _take_back_held(self) -> list[_Start]:
-        """Remove the deliveries no thread has taken yet from the in-flight table; returns them."""
-        held = self._threads.take_back() if self._threads is not None else []
-        for start in held:
-            self._active.discard(start.entry)
-            if start.entry.key is not None and self._inflight.get(start.entry.key) is start.entry:
-                del self._inflight[start.entry.key]
-        return held
 
     def _hand_back_held(self) -> int:
         """The drain's first step: held deliveries go back to the queue (for another worker) at once.
@@ -306,25 +277,15 @@ class Daemon:
         from now on. Returns how many deliveries were held.
         """
         handed_back = self._slots.close()
-        for start in self._take_back_held():
-            for delivery in start.entry.deliveries:
-                handed_back += int(self._link.requeue(delivery))
-        return handed_back
+        held = self._inflight.take_back_held(self._threads)
+        return handed_back + self._requeue_all([d for start in held for d in start.entry.deliveries])
 
-    def _forget_dead_held(self) -> None:
-        """The connection is gone: the broker redelivers what never reached a thread, so it must not run here.
+    def _requeue_all(self, deliveries: list[Delivery]) -> int:
+        """Hand these deliveries back to the queue; returns how many were still ours to hand back."""
+        return sum(int(self._link.requeue(delivery)) for delivery in deliveries)
 
-        (Those waiting for an edge slot go on, like the running ones: a redelivery with the same message_id
-        attaches to them and gets their reply.)
-        """
-        held = len(self._take_back_held())
-        if held:
-            log.info("held_deliveries_dropped", deliveries=held, reason="connection lost: the broker redelivers")
-
-    def _complete(self, entry: _InFlight, outcome: Outcome) -> None:
-        self._active.discard(entry)
-        if entry.key is not None and self._inflight.get(entry.key) is entry:
-            del self._inflight[entry.key]
+    def _complete(self, entry: InFlight, outcome: Outcome) -> None:
+        self._inflight.remove(entry)
         live = [d for d in entry.deliveries if self._link.is_live(d)]
         if outcome.requeue:
             for delivery in live:
@@ -356,7 +317,7 @@ class Daemon:
             self._link.resume_consuming()
         else:
             self._link.pause_consuming()
-        self._say(self._status_line())
+        self._status.say_current()
 
     # -- the loop's heartbeat ----------------------------------------------------------------------
 
@@ -369,23 +330,11 @@ class Daemon:
             self._journal.record_reply(key, small)
         return small
 
-    def _why_not_consuming(self) -> str | None:
-        """For the consuming gauge and /healthz (asked from the HTTP thread: reads state only)."""
-        why = self._link.why_not_consuming()
-        if self._draining:
-            return "draining"
-        if why == "consumer paused" and not self._gate.is_up:
-            return f"edge down: intake paused ({self._config.edge.url} does not answer)"
-        return why
-
     def _tick(self) -> None:
         self.metrics.tick()
         self._notifier.watchdog()
         if self._startup_done and self._link.ready:
-            # The in-flight count changes with every job: told at most once a tick, not on every change.
-            line = self._status_line()
-            if line != self._last_status:
-                self._say(line)
+            self._status.refresh()
         now = time.monotonic()
         if self._journal is not None and now - self._last_expiry >= JOURNAL_EXPIRY_EVERY_S:
             self._last_expiry = now
@@ -394,23 +343,10 @@ class Daemon:
                 log.info("journal_expired", entries=expired)
         if self._draining:
             self._maybe_finish_drain()
-        elif not self._active and self._gate.is_up and now - self._last_edge_probe >= IDLE_EDGE_PROBE_S:
+        elif not self._inflight and self._gate.is_up and now - self._last_edge_probe >= IDLE_EDGE_PROBE_S:
             self._last_edge_probe = now
             self._gate.probe_idle()
         self._ioloop.call_later(TICK_S, self._tick)
-
-    def _say(self, status: str) -> None:
-        self._last_status = status
-        self._notifier.status(status)
-
-    def _status_line(self) -> str:
-        if self._draining:
-            return f"draining: {len(self._active)} requests in flight"
-        if not self._link.ready:
-            return "waiting for the broker"
-        if not self._gate.is_up:
-            return f"edge unreachable at {self._config.edge.url}: intake paused"
-        return f"consuming {self._config.amqp.queue}: {len(self._active)} in flight"
 
     # -- drain -------------------------------------------------------------------------------------
 
@@ -423,11 +359,10 @@ class Daemon:
         log.info(
             "worker_draining",
             signal=why,
-            in_flight=len(self._active),
+            in_flight=len(self._inflight),
             drain_timeout_s=self._config.worker.drain_timeout,
         )
-        self._last_status = self._status_line()
-        self._notifier.stopping(status=self._last_status)
+        self._status.stopping()
         self._link.pause_consuming()
         held = self._hand_back_held()
         if held:
@@ -439,19 +374,16 @@ class Daemon:
         # the connection earlier would hand back requests whose replies are already out.
         if not self._draining:
             return
-        busy = bool(self._active or self._outbox)
+        busy = bool(self._inflight or self._outbox)
         if busy and time.monotonic() < self._drain_deadline:
             return
         if busy:
-            handed_back = 0
-            for entry in list(self._active):
-                for delivery in entry.deliveries:
-                    handed_back += int(self._link.requeue(delivery))
+            handed_back = self._requeue_all(self._inflight.deliveries())
             publishing = len(self._outbox)
             handed_back += self._outbox.hand_back_all()
-            log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._active), publishing=publishing)
+            log.warning("drain_timeout", handed_back=handed_back, in_flight=len(self._inflight), publishing=publishing)
             self._exit_reason += f" (timeout: {handed_back} handed back)"
-            self._active.clear()
+            self._inflight.clear()
         self._link.close()
 
     def _shutdown_helpers(self) -> None:
