@@ -21,6 +21,7 @@ from worker.backoff import backoff_delay
 from worker.broker import BrokerLink, Delivery
 from worker.jobs import Outcome
 from worker.jobs.replies import too_large_encoded
+from worker.journal import Journal
 from worker.messages import ReplyRoute, reply_properties_fields
 from worker.metrics import Metrics
 
@@ -30,15 +31,6 @@ log = structlog.get_logger("worker.service")
 # request is handed back; together about a minute, well inside any consumer timeout.
 PUBLISH_ATTEMPTS = 6
 PUBLISH_RETRY_CAP_S = 20.0
-
-# shrink(outcome, size, limit): the final reply to publish instead of one the broker refused for its size.
-Shrink = Callable[[Outcome, int, int], bytes]
-
-
-def too_large_reply(outcome: Outcome, size: int, limit: int) -> bytes:
-    """The contract's REPLY_TOO_LARGE reply (§2) for one the broker refused for its size (its max_message_size
-    is below amqp.max_message_bytes): the same builder the runner uses before journaling a reply."""
-    return too_large_encoded(outcome.reply or b"", limit_bytes=limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +43,7 @@ class _Wiring:
     dead_letter_queue: str
     metrics: Metrics
     may_retry: Callable[[], bool]  # False while the daemon drains: hand back rather than wait
-    shrink: Shrink
+    journal: Callable[[], Journal | None]  # where a refused reply's replacement is recorded (once opened)
 
 
 class Outbox:
@@ -67,9 +59,9 @@ class Outbox:
         metrics: Metrics,
         may_retry: Callable[[], bool],
         on_settled: Callable[[], None],
-        shrink: Shrink = too_large_reply,
+        journal: Callable[[], Journal | None] = lambda: None,
     ) -> None:
-        self._wiring = _Wiring(link, ioloop, reply_queue, dead_letter_queue, metrics, may_retry, shrink)
+        self._wiring = _Wiring(link, ioloop, reply_queue, dead_letter_queue, metrics, may_retry, journal)
         self._on_settled = on_settled
         self._publishing: set[_Publication] = set()
 
@@ -175,7 +167,12 @@ class _Publication:
         def too_large(size: int, limit: int) -> None:
             # Published again (by the retry below) as the REPLY_TOO_LARGE reply: never the refused one again.
             self._waiting -= 1
-            self._reply = self._wiring.shrink(self._outcome, size, limit)
+            # The broker's max_message_size is below amqp.max_message_bytes: the runner's own REPLY_TOO_LARGE
+            # builder, and the journal keeps this reply, so a redelivery replays one the broker takes.
+            self._reply = too_large_encoded(self._outcome.reply or b"", limit_bytes=limit)
+            key, journal = self._outcome.route.idempotency_key, self._wiring.journal()
+            if self._outcome.journaled and key is not None and journal is not None:
+                journal.record_reply(key, self._reply)
             self._status = {"status": "ERROR", "final": True}
             self._log.error("reply_too_large", size=size, max_size=limit, reply_to=queue)
             self._settle(False, what="reply")

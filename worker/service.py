@@ -24,7 +24,7 @@ from worker.journal import Journal
 from worker.messages import ReplyRoute, route_from_properties
 from worker.metrics import Metrics, MetricsServer
 from worker.notify import SystemdNotifier
-from worker.publish import Outbox, too_large_reply
+from worker.publish import Outbox
 from worker.status import StatusReport
 
 log = structlog.get_logger("worker.service")
@@ -78,7 +78,7 @@ class Daemon:
             metrics=self.metrics,
             may_retry=lambda: not self._draining,
             on_settled=self._maybe_finish_drain,
-            shrink=self._shrink_refused_reply,
+            journal=lambda: self._journal,
         )
         self._status = StatusReport(
             notifier=self._notifier,
@@ -320,15 +320,6 @@ class Daemon:
         self._status.say_current()
 
     # -- the loop's heartbeat ----------------------------------------------------------------------
-
-    def _shrink_refused_reply(self, outcome: Outcome, size: int, limit: int) -> bytes:
-        """The broker refused a reply for its size: publish REPLY_TOO_LARGE, and journal that one instead, so a
-        redelivery replays the reply the broker takes, not the one it refused."""
-        small = too_large_reply(outcome, size, limit)
-        key = outcome.route.idempotency_key
-        if outcome.journaled and key is not None and self._journal is not None:
-            self._journal.record_reply(key, small)
-        return small
 
     def _tick(self) -> None:
         self.metrics.tick()
